@@ -1,0 +1,5 @@
+"""Anchor and prior generators (registry kind ``anchor_generator``)."""
+
+from tunedet.anchors.grid import GridAnchorGenerator
+
+__all__ = ["GridAnchorGenerator"]

@@ -1,0 +1,46 @@
+"""Datasets (COCO, VOC, YOLO, synthetic), bad-input reports, tiling, transforms, batching.
+
+Importing this package registers the ``dataset`` and ``transform`` components.
+"""
+
+from tunedet.data.annotated_images import FULL_CHECK_LIMIT, AnnotatedImageDataset, ImageRecord
+from tunedet.data.bad_input import BadInputReport, DataError
+from tunedet.data.coco import CocoDataset
+from tunedet.data.coco_writer import write_coco
+from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
+from tunedet.data.synthetic import SHAPES, SyntheticShapes
+from tunedet.data.tiling import TileBoxes, crop_to_tile, make_tiles
+from tunedet.data.transforms import (
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomVerticalFlip,
+    Resize,
+)
+from tunedet.data.voc import VOCDataset
+from tunedet.data.yolo import YOLODataset
+
+__all__ = [
+    "FULL_CHECK_LIMIT",
+    "SHAPES",
+    "AnnotatedImageDataset",
+    "BadInputReport",
+    "CocoDataset",
+    "Compose",
+    "DataError",
+    "DetectionBatch",
+    "ImageRecord",
+    "Normalize",
+    "RandomHorizontalFlip",
+    "RandomVerticalFlip",
+    "Resize",
+    "SyntheticShapes",
+    "TileBoxes",
+    "TransformedDataset",
+    "VOCDataset",
+    "YOLODataset",
+    "collate_detection",
+    "crop_to_tile",
+    "make_tiles",
+    "write_coco",
+]

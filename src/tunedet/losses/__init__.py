@@ -1,0 +1,37 @@
+"""Classification and box-regression losses (functional forms and registered classes)."""
+
+from tunedet.losses.focal import BCEWithLogitsLoss, FocalLoss, bce_with_logits, sigmoid_focal_loss
+from tunedet.losses.iou_loss import (
+    CIoULoss,
+    DIoULoss,
+    GIoULoss,
+    IoULoss,
+    ciou_loss,
+    diou_loss,
+    giou_loss,
+    iou_loss,
+)
+from tunedet.losses.reduction import reduce_loss
+from tunedet.losses.smooth_l1 import L1Loss, L2Loss, SmoothL1Loss, l1_loss, l2_loss, smooth_l1_loss
+
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CIoULoss",
+    "DIoULoss",
+    "FocalLoss",
+    "GIoULoss",
+    "IoULoss",
+    "L1Loss",
+    "L2Loss",
+    "SmoothL1Loss",
+    "bce_with_logits",
+    "ciou_loss",
+    "diou_loss",
+    "giou_loss",
+    "iou_loss",
+    "l1_loss",
+    "l2_loss",
+    "reduce_loss",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+]

@@ -1,0 +1,253 @@
+"""The ``tunedet`` command line.
+
+Every subcommand turns an expected failure (bad config, bad data, bad
+checkpoint) into one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = ("train", "eval", "infer", "evaluate", "demo", "list", "data")
+
+
+def _load(config: str, overrides: list[str]):
+    from tunedet.config.loader import load_config
+
+    return load_config(config, overrides)
+
+
+def _run_dir(cfg, config: str, work_dir: str | None) -> Path:
+    if work_dir:
+        return Path(work_dir)
+    if cfg.work_dir:
+        return Path(cfg.work_dir)
+    return Path("runs") / Path(config).stem
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunedet.engine.trainer import Trainer
+
+    cfg = _load(args.config, args.overrides)
+    run_dir = _run_dir(cfg, args.config, args.work_dir)
+    trainer = Trainer(cfg, run_dir)
+    print(f"run directory: {run_dir}")
+    metrics = trainer.train()
+    if metrics:
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return 0
+
+
+def _model_from_checkpoint(cfg, checkpoint: str):
+    from tunedet.engine.checkpoint import load_checkpoint, load_model_state
+    from tunedet.engine.trainer import resolve_device
+    from tunedet.models import build_detector
+
+    device = resolve_device(cfg.device)
+    model = build_detector(cfg.model.model_dump()).to(device)
+    state = load_checkpoint(checkpoint, map_location=device)
+    load_model_state(model, state["model"] if "model" in state else state)
+    model.eval()
+    return model, device
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tunedet.data.build import build_dataset
+    from tunedet.engine.trainer import evaluate_results, predict_dataset
+    from tunedet.evaluation import format_coco_table
+
+    overrides = list(args.overrides)
+    if args.voc_dir:
+        overrides.append(f"data.val={{type: voc, root: '{args.voc_dir}'}}")
+    cfg = _load(args.config, overrides)
+    if cfg.data.val is None:
+        raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
+    model, device = _model_from_checkpoint(cfg, args.checkpoint)
+    dataset = build_dataset(cfg.data.val)
+    if dataset.report.total():
+        print(f"data.val: {dataset.report.summary()}", file=sys.stderr)
+    results = predict_dataset(model, dataset, cfg, device)
+    metrics = evaluate_results(dataset.coco_ground_truth(), results, cfg.eval.metric)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(format_coco_table(metrics) if cfg.eval.metric == "coco" else json.dumps(metrics))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from tunedet.analysis.draw import draw_detections
+    from tunedet.data.build import load_images_for_inference
+
+    cfg = _load(args.config, args.overrides)
+    model, device = _model_from_checkpoint(cfg, args.checkpoint)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = None
+    all_results = []
+    for path, batch, image in load_images_for_inference(args.images, cfg):
+        batch = batch.to(device)
+        import torch
+
+        with torch.no_grad():
+            pred = model.predict(batch.images, batch.image_sizes)[0]
+        scale = batch.metas[0]["scale"]
+        keep = pred["scores"] >= args.score_thr
+        boxes = (pred["boxes"][keep] / scale).cpu().tolist()
+        scores = pred["scores"][keep].cpu().tolist()
+        labels = pred["labels"][keep].cpu().tolist()
+        all_results.append({"file": str(path), "boxes": boxes, "scores": scores, "labels": labels})
+        draw_detections(image, boxes, scores, labels, classes).save(out_dir / f"{Path(path).stem}.png")
+    (out_dir / "detections.json").write_text(json.dumps(all_results, indent=1))
+    print(f"wrote {len(all_results)} images and detections.json to {out_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tunedet.evaluation import evaluate_files, format_coco_table
+
+    metrics = evaluate_files(args.gt, args.dets, args.metric)
+    if args.json:
+        print(json.dumps(metrics))
+    elif args.metric == "coco":
+        print(format_coco_table(metrics))
+    else:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tunedet.engine.report import write_report
+    from tunedet.engine.trainer import Trainer
+
+    cfg = _load("retinanet/demo", args.overrides)
+    run_dir = Path(args.work_dir or "runs/demo")
+    start = time.monotonic()
+    trainer = Trainer(cfg, run_dir)
+    print(f"tunedet demo: training {cfg.model.type} on the built-in synthetic shapes in {run_dir}")
+    metrics = trainer.train()
+    report = write_report(trainer, metrics)
+    minutes = (time.monotonic() - start) / 60
+    print(f"demo finished in {minutes:.1f} min: AP={metrics['AP']:.3f} AP50={metrics['AP50']:.3f}")
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tunedet.config.registry import REGISTRIES
+    from tunedet.config.schema import _import_components
+
+    _import_components()
+    kinds = {k: k for k in REGISTRIES}
+    kinds.update({f"{k}s": k for k in REGISTRIES})
+    kinds.update({"detectors": "detector", "configs": "configs"})
+    if args.kind is None:
+        print("kinds: " + ", ".join(sorted({f"{k}s" for k in REGISTRIES} | {"configs"})))
+        return 0
+    kind = kinds.get(args.kind)
+    if kind is None:
+        from tunedet.config.registry import unknown_name_message
+
+        raise ValueError(unknown_name_message("kind", args.kind, sorted(kinds)))
+    if kind == "configs":
+        from tunedet.config.loader import BUILTIN_CONFIG_DIR
+
+        for path in sorted(BUILTIN_CONFIG_DIR.rglob("*.yaml")):
+            print(path.relative_to(BUILTIN_CONFIG_DIR).with_suffix(""))
+        return 0
+    for name in REGISTRIES[kind].names():
+        entry = REGISTRIES[kind].get(name)
+        print(f"{name:<18} {entry.description}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tunedet.data.coco_writer import write_coco
+    from tunedet.data.synthetic import SyntheticShapes
+
+    dataset = SyntheticShapes(num_images=args.num_images, image_size=args.image_size, seed=args.seed)
+    write_coco(dataset, args.out)
+    print(f"wrote {len(dataset)} images and annotations.json to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunedet", description="Object-detection training where every knob is a typed config key."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a config (path or built-in name)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: optim.lr=0.02 data.batch_size=8")
+    p.add_argument("--work-dir", help="run directory (default: runs/<config name>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation data")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--voc-dir", help="evaluate on this Pascal VOC folder instead of data.val")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infer", help="detect objects in images; writes JSON and drawn PNGs")
+    p.add_argument("config")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="runs/infer")
+    p.add_argument("--score-thr", type=float, default=0.3)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("evaluate", help="score a COCO results file against COCO ground truth")
+    p.add_argument("--gt", required=True)
+    p.add_argument("--dets", required=True)
+    p.add_argument("--metric", choices=["coco", "voc07", "voc12"], default="coco")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train and evaluate the demo recipe on synthetic shapes")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--work-dir")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="list registered components of a kind (assigners, ...)")
+    p.add_argument("kind", nargs="?")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("data", help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("synth", help="write the synthetic dataset as PNG images + COCO JSON")
+    q.add_argument("out")
+    q.add_argument("--num-images", type=int, default=64)
+    q.add_argument("--image-size", type=int, default=128)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tunedet.config.loader import ConfigError
+    from tunedet.engine.checkpoint import CheckpointError
+    from tunedet.engine.finite_guard import NonFiniteLossError
+
+    expected = (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError)
+    try:
+        return args.func(args)
+    except expected as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"tunedet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tunedet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

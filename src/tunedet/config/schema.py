@@ -1,0 +1,160 @@
+"""The typed config schema.
+
+Component sections (``model.assigner``, ``optim``, ``data.train`` ...) are
+generated from the registered constructors' signatures, so a component's
+parameters are declared exactly once. Fixed sections (``train``, ``data``,
+``eval``) are written here. Every model forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from tunedet.config.registry import REGISTRIES
+
+STRICT = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
+
+
+class Section(BaseModel):
+    model_config = STRICT
+
+
+def _import_components() -> None:
+    """Import every package that registers components (registration happens on import)."""
+    import tunedet.anchors  # noqa: F401
+    import tunedet.assigners  # noqa: F401
+    import tunedet.boxes  # noqa: F401
+    import tunedet.data  # noqa: F401
+    import tunedet.engine  # noqa: F401
+    import tunedet.losses  # noqa: F401
+    import tunedet.models  # noqa: F401
+
+
+def _signature_fields(target: Any, skip: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    init = target.__init__ if inspect.isclass(target) else target
+    hints = typing.get_type_hints(init, include_extras=True)
+    fields: dict[str, tuple[Any, Any]] = {}
+    for name, param in inspect.signature(init).parameters.items():
+        if name in ("self", "args", "kwargs") or name in skip:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[name] = (annotation, default)
+    return fields
+
+
+@functools.cache
+def component_model(kind: str, name: str) -> type[BaseModel]:
+    """The pydantic model of one registered component, generated from its signature."""
+    entry = REGISTRIES[kind].get(name)
+    component_slots = [arg for arg in entry.injected if arg in REGISTRIES]
+    fields = _signature_fields(entry.target, skip=entry.injected)
+    for slot in component_slots:
+        defaults = getattr(entry.target, "default_components", {})
+        default = defaults.get(slot, ...)
+        fields[slot] = (component_union(slot), default)
+    model_name = "".join(part.capitalize() for part in f"{name}_{kind}".split("_"))
+    return create_model(
+        model_name,
+        __config__=STRICT,
+        __doc__=entry.description,
+        type=(Literal[name], name),
+        **fields,
+    )
+
+
+@functools.cache
+def component_union(kind: str) -> Any:
+    """A discriminated union over every registered component of ``kind``."""
+    members = tuple(component_model(kind, name) for name in REGISTRIES[kind].names())
+    if not members:
+        raise RuntimeError(f"no component of kind '{kind}' is registered")
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
+
+
+class DataConfig(Section):
+    train: Any
+    val: Any | None = None
+    train_transforms: list[Any] = Field(default_factory=list)
+    val_transforms: list[Any] = Field(default_factory=list)
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    val_batch_size: Annotated[int, Field(ge=1)] | None = None
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    size_divisor: Annotated[int, Field(ge=1)] = 32
+
+
+class ScheduleConfig(Section):
+    warmup: Any = None
+    policy: Any = None
+
+
+class TrainConfig(Section):
+    max_iters: Annotated[int, Field(ge=1)] | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    max_minutes: Annotated[float, Field(gt=0)] | None = None
+    eval_every: Annotated[int, Field(ge=0)] = 0
+    ckpt_every: Annotated[int, Field(ge=0)] = 500
+    keep_checkpoints: Annotated[int, Field(ge=1)] = 3
+    log_every: Annotated[int, Field(ge=1)] = 20
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    resume: bool = True
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        if self.max_iters is None and self.epochs is None and self.max_minutes is None:
+            raise ValueError("set one of train.max_iters, train.epochs or train.max_minutes")
+        if self.max_iters is not None and self.epochs is not None:
+            raise ValueError("set train.max_iters or train.epochs, not both")
+        return self
+
+
+class EvalConfig(Section):
+    metric: Literal["coco", "voc07", "voc12"] = "coco"
+    score_thr: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+@functools.cache
+def root_model() -> type[BaseModel]:
+    """The whole experiment's schema (built once all components are registered)."""
+    _import_components()
+    data = create_model(
+        "DataConfig",
+        __base__=DataConfig,
+        train=(component_union("dataset"), ...),
+        val=(component_union("dataset") | None, None),
+        train_transforms=(list[component_union("transform")], Field(default_factory=list)),
+        val_transforms=(list[component_union("transform")], Field(default_factory=list)),
+    )
+    schedule = create_model(
+        "ScheduleConfig",
+        __base__=ScheduleConfig,
+        warmup=(component_union("warmup"), {"type": "linear"}),
+        policy=(component_union("lr_policy"), {"type": "cosine"}),
+    )
+    return create_model(
+        "Config",
+        __config__=STRICT,
+        __doc__="One experiment.",
+        seed=(int, 0),
+        deterministic=(bool, False),
+        device=(str, "auto"),
+        threads=(Annotated[int, Field(ge=1)] | None, None),
+        work_dir=(str | None, None),
+        model=(component_union("detector"), ...),
+        data=(data, ...),
+        optim=(component_union("optimizer"), {"type": "sgd"}),
+        schedule=(schedule, Field(default_factory=lambda: schedule())),
+        train=(TrainConfig, ...),
+        eval=(EvalConfig, Field(default_factory=EvalConfig)),
+    )

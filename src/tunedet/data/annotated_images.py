@@ -1,0 +1,325 @@
+"""What the file readers (COCO, VOC, YOLO) share: image checks, box repair, tiling, GT.
+
+A reader parses its annotation format into one `ImageRecord` per usable
+image and hands the list to `AnnotatedImageDataset`, which serves samples,
+cuts tiles and writes the COCO ground truth.
+
+Image check rule (``check_images``), done once at construction:
+
+- ``"header"``: every image is opened and its header read (format, size).
+  Missing files and files PIL cannot identify are skipped and counted.
+- ``"full"``: the header check plus a full check of the pixel data -- PNG
+  CRC/structure by ``Image.verify()``, JPEG by decoding at 1/8 scale (which
+  still reads the whole compressed stream), other formats by a full decode.
+  Truncated or corrupt images are skipped and counted before training starts.
+- ``"auto"`` (default): ``"full"`` for datasets of at most
+  ``FULL_CHECK_LIMIT`` images, ``"header"`` above (a full check of 100k images
+  would take minutes).
+
+An image that passed the checks but still fails to decode in ``__getitem__``
+(only possible after a header-only check, or if the file changed) raises
+`DataError` naming the file; no other sample is substituted for it.
+
+Coordinates stay as the annotation file writes them, read as continuous COCO
+pixel coordinates (no "+1"; see docs/ARCHITECTURE.md), and are clipped to the
+image. In the COCO ground truth, ``category_id`` equals the 0-based label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tunedet.data.bad_input import (
+    BOX_CLIPPED,
+    MALFORMED_ANNOTATION_SKIPPED,
+    MISSING_IMAGE_SKIPPED,
+    UNREADABLE_IMAGE_SKIPPED,
+    ZERO_AREA_DROPPED,
+    BadInputReport,
+    DataError,
+)
+from tunedet.data.tiling import crop_to_tile, make_tiles
+
+FULL_CHECK_LIMIT = 2000
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+ImageCheck = Literal["auto", "header", "full"]
+
+# What PIL raises on a bad file: OSError (incl. UnidentifiedImageError, truncation),
+# SyntaxError (broken PNG chunks), ValueError, EOFError, DecompressionBombError.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass
+class ImageRecord:
+    """One annotated image (N annotations, boxes already clipped and non-empty).
+
+    boxes: (N, 4) float32 xyxy px; labels: (N,) int64;
+    train: (N,) bool, a training target (not crowd / ignore / unused difficult);
+    iscrowd, ignore, difficult: (N,) bool flags for the evaluation GT.
+    """
+
+    path: Path
+    file: str
+    image_id: int
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    train: np.ndarray
+    iscrowd: np.ndarray
+    ignore: np.ndarray
+    difficult: np.ndarray
+
+
+@dataclass
+class RecordBuilder:
+    """Collects the annotations of one image, then makes its `ImageRecord`."""
+
+    boxes: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    train: list[bool] = field(default_factory=list)
+    iscrowd: list[bool] = field(default_factory=list)
+    ignore: list[bool] = field(default_factory=list)
+    difficult: list[bool] = field(default_factory=list)
+
+    def add(
+        self,
+        box: np.ndarray,
+        label: int,
+        train: bool = True,
+        iscrowd: bool = False,
+        ignore: bool = False,
+        difficult: bool = False,
+    ) -> None:
+        self.boxes.append(box)
+        self.labels.append(label)
+        self.train.append(train)
+        self.iscrowd.append(iscrowd)
+        self.ignore.append(ignore)
+        self.difficult.append(difficult)
+
+    def build(self, path: Path, file: str, image_id: int, width: int, height: int) -> ImageRecord:
+        boxes = (
+            np.stack(self.boxes).astype(np.float32) if self.boxes else np.zeros((0, 4), np.float32)
+        )
+        return ImageRecord(
+            path=path,
+            file=file,
+            image_id=image_id,
+            width=width,
+            height=height,
+            boxes=boxes,
+            labels=np.asarray(self.labels, dtype=np.int64),
+            train=np.asarray(self.train, dtype=bool),
+            iscrowd=np.asarray(self.iscrowd, dtype=bool),
+            ignore=np.asarray(self.ignore, dtype=bool),
+            difficult=np.asarray(self.difficult, dtype=bool),
+        )
+
+
+def resolve_check(check_images: ImageCheck, num_images: int) -> bool:
+    """Whether to check pixel data fully (see the module docstring)."""
+    if check_images == "auto":
+        return num_images <= FULL_CHECK_LIMIT
+    return check_images == "full"
+
+
+def read_image_size(path: Path, full: bool) -> tuple[int, int]:
+    """``(width, height)`` of an image file; with ``full`` also check its pixel data.
+
+    Raises FileNotFoundError or one of PIL's errors on a bad file.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        if full:
+            if image.format == "PNG":
+                image.verify()
+            else:
+                if image.format == "JPEG":
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                image.load()
+    return width, height
+
+
+def checked_image_size(
+    path: Path, where: str, full: bool, report: BadInputReport
+) -> tuple[int, int] | None:
+    """`read_image_size`, counting a missing or unreadable file in ``report`` (then None)."""
+    if not path.is_file():
+        report.record(MISSING_IMAGE_SKIPPED, where, f"no file {path}")
+        return None
+    try:
+        return read_image_size(path, full)
+    except _PIL_ERRORS as err:
+        report.record(UNREADABLE_IMAGE_SKIPPED, where, f"{type(err).__name__}: {err}")
+        return None
+
+
+def load_rgb(path: Path, file: str) -> np.ndarray:
+    """Decode an image file as ``(H, W, 3) uint8`` RGB; `DataError` naming ``file`` if it fails."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except _PIL_ERRORS as err:
+        raise DataError(f"{file}: unreadable image: {type(err).__name__}: {err}") from err
+
+
+def repair_box(
+    box: Sequence[float], width: int, height: int, report: BadInputReport, where: str
+) -> np.ndarray | None:
+    """Clip an xyxy box to the image; None (and counted) if non-finite or empty after clipping."""
+    raw = np.asarray(box, dtype=np.float64)
+    if raw.shape != (4,) or not np.isfinite(raw).all():
+        report.record(
+            MALFORMED_ANNOTATION_SKIPPED, where, f"box {list(box)} is not 4 finite numbers"
+        )
+        return None
+    clipped = raw.copy()
+    clipped[0::2] = np.clip(raw[0::2], 0, width)
+    clipped[1::2] = np.clip(raw[1::2], 0, height)
+    shown = [round(float(v), 2) for v in raw]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        after = " after clipping" if (clipped != raw).any() else ""
+        report.record(ZERO_AREA_DROPPED, where, f"box {shown}{after} in {width}x{height} image")
+        return None
+    if (clipped != raw).any():
+        report.record(
+            BOX_CLIPPED,
+            where,
+            f"box {shown} -> {[round(float(v), 2) for v in clipped]} in {width}x{height} image",
+        )
+    return clipped.astype(np.float32)
+
+
+def find_image_by_stem(folder: Path, stems: Sequence[str]) -> Path | None:
+    """The first ``folder/<stem><ext>`` that exists, over ``IMAGE_EXTENSIONS`` (any case)."""
+    for stem in stems:
+        for ext in IMAGE_EXTENSIONS:
+            for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+class AnnotatedImageDataset(Dataset):
+    """Samples, tiles and COCO GT over a list of `ImageRecord` (base of the file readers).
+
+    Item: ``{"image": (H, W, 3) uint8, "boxes": (N, 4) float32 xyxy, "labels":
+    (N,) int64, "image_id": int, "file": str}`` with only the training
+    targets. With ``tile_size`` each tile is one item, ``file`` is
+    ``"<file>#<x0>,<y0>"`` and image ids are 1..num_tiles.
+    """
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        classes: list[str],
+        report: BadInputReport,
+        source: str,
+        tile_size: int | None = None,
+        tile_overlap: float = 0.25,
+        min_visible: float = 0.5,
+    ) -> None:
+        if not records:
+            details = f"; problems:\n{report.summary()}" if report else ""
+            raise DataError(f"{source}: no usable image{details}")
+        self.records = records
+        self.classes = list(classes)
+        self.report = report
+        self.tile_size = tile_size
+        self.min_visible = min_visible
+        self.items: list[tuple[int, tuple[int, int, int, int] | None, int]] = []
+        if tile_size is None:
+            self.items = [(i, None, rec.image_id) for i, rec in enumerate(records)]
+        else:
+            for i, rec in enumerate(records):
+                for tile in make_tiles((rec.height, rec.width), tile_size, tile_overlap):
+                    self.items.append((i, tile, len(self.items) + 1))
+        self._cached: tuple[Path, np.ndarray] | None = None
+        report.log(source)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _full_image(self, record: ImageRecord) -> np.ndarray:
+        if self.tile_size is None:
+            return load_rgb(record.path, record.file)
+        # Tiles of one image are usually read together: keep the last decoded image.
+        if self._cached is None or self._cached[0] != record.path:
+            self._cached = (record.path, load_rgb(record.path, record.file))
+        return self._cached[1]
+
+    def __getitem__(self, index: int) -> dict:
+        record_index, tile, image_id = self.items[index]
+        record = self.records[record_index]
+        image = self._full_image(record)
+        if image.shape[:2] != (record.height, record.width):
+            raise DataError(
+                f"{record.file}: image is {image.shape[1]}x{image.shape[0]} now, "
+                f"{record.width}x{record.height} when the dataset was built"
+            )
+        if tile is None:
+            keep = record.train
+            boxes, labels, file = record.boxes[keep], record.labels[keep], record.file
+        else:
+            x0, y0, x1, y1 = tile
+            image = np.ascontiguousarray(image[y0:y1, x0:x1])
+            cut = crop_to_tile(record.boxes, record.labels, tile, self.min_visible)
+            keep = cut.keep & record.train[cut.index]
+            boxes, labels, file = cut.boxes[keep], cut.labels[keep], f"{record.file}#{x0},{y0}"
+        return {
+            "image": image,
+            "boxes": boxes.astype(np.float32).reshape(-1, 4),
+            "labels": labels.astype(np.int64),
+            "image_id": image_id,
+            "file": file,
+        }
+
+    def coco_ground_truth(self) -> dict:
+        """COCO GT of every item (tile) in its own pixels; ``category_id`` == label.
+
+        Crowd boxes have ``iscrowd: 1``; VOC difficult boxes ``difficult: 1,
+        ignore: 1``; tile-cut boxes below ``min_visible`` ``ignore: 1``.
+        """
+        images, annotations = [], []
+        for record_index, tile, image_id in self.items:
+            rec = self.records[record_index]
+            if tile is None:
+                file, width, height = rec.file, rec.width, rec.height
+                index = np.arange(len(rec.boxes))
+                boxes, ignore = rec.boxes, rec.ignore
+            else:
+                x0, y0, x1, y1 = tile
+                file, width, height = f"{rec.file}#{x0},{y0}", x1 - x0, y1 - y0
+                cut = crop_to_tile(rec.boxes, rec.labels, tile, self.min_visible)
+                index, boxes = cut.index, cut.boxes
+                ignore = rec.ignore[index] | ~cut.keep
+            images.append({"id": image_id, "file_name": file, "width": width, "height": height})
+            for k, i in enumerate(index):
+                xywh = _xywh(boxes[k])
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(rec.labels[i]),
+                        "bbox": xywh,
+                        "area": xywh[2] * xywh[3],
+                        "iscrowd": int(rec.iscrowd[i]),
+                        "ignore": int(ignore[k]),
+                        "difficult": int(rec.difficult[i]),
+                    }
+                )
+        categories = [{"id": i, "name": name} for i, name in enumerate(self.classes)]
+        return {"images": images, "annotations": annotations, "categories": categories}

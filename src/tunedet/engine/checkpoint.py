@@ -1,0 +1,236 @@
+"""Atomic checkpoints, safe loading, and the RNG state needed for a bit-exact resume.
+
+Layout of a run: ``<run_dir>/checkpoints/iter_0001000.pt``. A file is written to a
+temporary name in the same folder, fsynced, then renamed over the target, so a
+crash leaves either the old file or the new one, never half of one. Loading uses
+``torch.load(weights_only=True)``: a checkpoint holds only tensors and plain
+containers, and a file that asks to unpickle anything else is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^iter_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def checkpoint_path(run_dir: str | os.PathLike, iteration: int) -> Path:
+    """``<run_dir>/checkpoints/iter_{iteration:07d}.pt``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"iter_{iteration:07d}.pt"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file, flush, fsync, rename, fsync dir)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(weights_only=True)``.
+
+    Raises ``CheckpointError`` (one line naming the file) when the file is missing,
+    truncated or corrupt, or holds pickled objects that weights-only loading refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        message = str(err)
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        if unsupported:
+            raise CheckpointError(
+                f"checkpoint {path} holds a pickled object ({unsupported.group(1)}) that safe "
+                "loading (weights_only=True) refuses; save only tensors and plain containers"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+        reason = _first_line(detail.group(1)) if detail else "unreadable pickle data"
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch checkpoint ({reason})"
+        ) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = _first_line(str(err)).split(". ")[0] or type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(state).__name__}, expected a dict of state"
+        )
+    return state
+
+
+def _looks_complete(path: Path) -> bool:
+    """Cheap validity check: a torch file is a zip archive whose directory sits at the end."""
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _checkpoint_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of the ``iter_*.pt`` files in ``folder`` or in
+    ``folder/checkpoints`` (so both a run dir and its checkpoint dir work), sorted."""
+    folder = Path(folder)
+    if not any(_NAME.match(f.name) for f in folder.glob("iter_*.pt")):
+        folder = folder / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), f) for f in folder.iterdir() if (m := _NAME.match(f.name))]
+    return sorted(f for f in found if f[1].is_file())
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The highest-iteration complete checkpoint of a run, or None.
+
+    ``run_dir`` may be the run folder or its ``checkpoints`` folder.
+    """
+    for _, file in reversed(_checkpoint_files(run_dir)):
+        if _looks_complete(file):
+            return file
+    return None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` highest-iteration checkpoints; returns the deleted paths."""
+    if keep < 1:
+        return []
+    removed = [file for _, file in _checkpoint_files(run_dir)[:-keep]]
+    for file in removed:
+        file.unlink(missing_ok=True)
+    return removed
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """Python ``random``, numpy's global and torch's CPU (and CUDA) generator states.
+
+    Stored as tensors, ints, floats and strings so ``torch.load(weights_only=True)``
+    accepts it.
+    """
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by ``rng_state``."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            npy["name"],
+            npy["keys"].cpu().numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        for index, cuda_state in enumerate(cuda_states):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+# ------------------------------------------------------------------------- model
+
+
+def load_model_state(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | os.PathLike | None = None
+) -> None:
+    """``model.load_state_dict(state_dict)`` with a one-line error for a checkpoint of another model.
+
+    Names the first missing key, the first unexpected key, or the first shape
+    mismatch with both shapes; ``source`` (the file) is named when given.
+    """
+    expected = model.state_dict()
+    where = f" from {source}" if source is not None else ""
+    problems: list[str] = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        problems.append(f"missing key '{missing[0]}'{more}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        problems.append(f"unexpected key '{unexpected[0]}'{more}")
+    for key, value in expected.items():
+        loaded = state_dict.get(key)
+        if isinstance(loaded, torch.Tensor) and loaded.shape != value.shape:
+            problems.append(
+                f"shape mismatch for '{key}': checkpoint {tuple(loaded.shape)} "
+                f"vs model {tuple(value.shape)}"
+            )
+            break
+    if problems:
+        raise CheckpointError(
+            f"model state{where} does not fit this model (a checkpoint from another model?): "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state_dict, strict=True)

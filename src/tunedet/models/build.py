@@ -1,0 +1,68 @@
+"""Build a detector and its parts from the validated ``model:`` section of a config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+import tunedet.anchors  # noqa: F401  (registers anchor generators)
+import tunedet.assigners  # noqa: F401  (registers assigners)
+import tunedet.boxes  # noqa: F401  (registers box coders)
+import tunedet.losses  # noqa: F401  (registers losses)
+from tunedet.config.registry import build
+
+# built in this order; each may receive attributes of those before it
+COMPONENTS = (
+    "backbone",
+    "neck",
+    "anchor_generator",
+    "head",
+    "assigner",
+    "box_coder",
+    "cls_loss",
+    "box_loss",
+)
+
+
+def build_detector(spec: dict[str, Any] | Any) -> nn.Module:
+    """``spec``: ``{"type": detector name, "num_classes": int, "backbone": {...}, "neck": {...},
+    "head": {...}, ...component specs, ...the detector's own scalar args}``.
+
+    The neck gets ``in_channels``/``in_strides`` from the backbone; the head gets
+    ``in_channels`` from the neck, ``num_classes`` and ``num_anchors`` (anchors per
+    location). Components a detector does not use are simply absent from ``spec``.
+    """
+    params = spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
+    num_classes = params["num_classes"]
+    parts: dict[str, Any] = {}
+    for kind in COMPONENTS:
+        if kind not in params:
+            continue
+        sub_spec = params.pop(kind)
+        if sub_spec is None:
+            continue
+        parts[kind] = build(kind, sub_spec, num_classes=num_classes, **_injected_for(kind, parts))
+
+    generator = parts.get("anchor_generator")
+    neck = parts.get("neck")
+    if generator is not None and neck is not None:
+        if tuple(generator.strides) != tuple(neck.strides):
+            raise ValueError(
+                f"anchor_generator strides {tuple(generator.strides)} differ from "
+                f"the neck's output strides {tuple(neck.strides)}"
+            )
+    return build("detector", params, **parts)
+
+
+def _injected_for(kind: str, parts: dict[str, Any]) -> dict[str, Any]:
+    if kind == "neck":
+        backbone = parts["backbone"]
+        return {"in_channels": backbone.out_channels, "in_strides": backbone.strides}
+    if kind == "head":
+        feature_source = parts.get("neck", parts.get("backbone"))
+        injected = {"in_channels": feature_source.out_channels}
+        if "anchor_generator" in parts:
+            injected["num_anchors"] = parts["anchor_generator"].num_anchors_per_location
+        return injected
+    return {}

@@ -1,0 +1,72 @@
+"""From dense head outputs to final detections: score threshold, top-k, decode, clip, NMS."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+
+def postprocess_detections(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    num_anchors_per_level: list[int],
+    box_coder,
+    image_sizes: Tensor,
+    score_thr: float = 0.05,
+    pre_nms_topk: int = 1000,
+    nms_iou: float = 0.5,
+    max_dets: int = 100,
+) -> list[dict[str, Tensor]]:
+    """Detections per image from sigmoid class logits and box deltas (RetinaNet style).
+
+    cls_logits: (B, A, C); box_deltas: (B, A, 4); anchors: (A, 4) xyxy px, levels
+    concatenated in order of ``num_anchors_per_level``; image_sizes: (B, 2) (h, w).
+
+    Per level and image, the ``pre_nms_topk`` best (anchor, class) pairs with
+    sigmoid score > ``score_thr`` are kept; only those are decoded, clipped to the
+    image and passed to class-wise NMS at ``nms_iou`` (one ``batched_nms`` call for
+    the whole batch, grouped by (image, class)); the ``max_dets`` best remain.
+    Returns one dict per image: ``boxes (K, 4)`` xyxy, ``scores (K,)``, ``labels (K,)``.
+    """
+    num_images, _, num_classes = cls_logits.shape
+    scores, pair_index = [], []
+    start = 0
+    for count in num_anchors_per_level:
+        level_scores = cls_logits[:, start : start + count].sigmoid().flatten(1)  # (B, A_l·C)
+        k = min(pre_nms_topk, level_scores.shape[1])
+        top = level_scores.topk(k, dim=1)
+        scores.append(top.values)
+        pair_index.append(top.indices + start * num_classes)
+        start += count
+    scores = torch.cat(scores, dim=1)  # (B, K)
+    pair_index = torch.cat(pair_index, dim=1)
+
+    image_index, slot = (scores > score_thr).nonzero(as_tuple=True)
+    scores = scores[image_index, slot]
+    pair_index = pair_index[image_index, slot]
+    anchor_index = pair_index // num_classes
+    labels = pair_index % num_classes
+
+    boxes = box_coder.decode(anchors[anchor_index], box_deltas[image_index, anchor_index])
+    sizes = image_sizes.to(boxes)[image_index]  # (N, 2) (h, w)
+    limits = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=1)
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+
+    keep = batched_nms(boxes, scores, image_index * num_classes + labels, nms_iou)
+    # keep is sorted by decreasing score; a stable sort by image keeps that order per image
+    keep = keep[image_index[keep].sort(stable=True).indices]
+    kept_images = image_index[keep]
+    counts = torch.bincount(kept_images, minlength=num_images)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(keep), device=keep.device) - first[kept_images]
+    keep = keep[rank < max_dets]
+    counts = counts.clamp(max=max_dets).tolist()
+
+    return [
+        {"boxes": b, "scores": s, "labels": lab}
+        for b, s, lab in zip(
+            boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts)
+        )
+    ]

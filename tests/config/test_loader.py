@@ -1,0 +1,121 @@
+"""Config loading: schema validation, _base_ inheritance, overrides, error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunedet.config.loader import (
+    ConfigError,
+    apply_override,
+    config_to_yaml,
+    load_config,
+    load_raw,
+    merge,
+)
+
+DEMO = "retinanet/demo"
+
+
+def test_demo_config_validates_and_fills_defaults():
+    cfg = load_config(DEMO)
+    assert cfg.model.type == "retinanet"
+    assert cfg.eval.metric == "coco"
+    assert cfg.model.cls_loss.alpha == pytest.approx(0.25)
+
+
+def test_typo_in_override_names_dotted_path_and_suggestion():
+    with pytest.raises(ConfigError) as info:
+        load_config(DEMO, ["optim.lrr=0.1"])
+    message = str(info.value)
+    assert "optim.lrr" in message
+    assert "did you mean 'lr'" in message
+    assert "\n" not in message
+
+
+def test_unknown_component_type_suggests_closest_name():
+    with pytest.raises(ConfigError) as info:
+        load_config(DEMO, ["model.assigner={type: atts}"])
+    message = str(info.value)
+    assert "model.assigner.type" in message
+    assert "'atts'" in message
+    assert "did you mean 'atss'" in message
+    assert "max_iou" in message  # the choices are listed
+
+
+def test_wrong_type_and_out_of_range_value_name_the_key():
+    with pytest.raises(ConfigError, match=r"data\.batch_size"):
+        load_config(DEMO, ["data.batch_size=zero"])
+    with pytest.raises(ConfigError, match=r"data\.batch_size.*greater than or equal to 1"):
+        load_config(DEMO, ["data.batch_size=0"])
+
+
+def test_unknown_key_inside_component_is_rejected():
+    with pytest.raises(ConfigError, match=r"model\.assigner\.topkk.*did you mean 'topk'"):
+        load_config(DEMO, ["model.assigner.topkk=3"])
+
+
+def test_override_changes_value_and_parses_yaml_types():
+    cfg = load_config(DEMO, ["optim.lr=0.02", "data.batch_size=4", "train.progress=false"])
+    assert cfg.optim.lr == pytest.approx(0.02)
+    assert cfg.data.batch_size == 4
+    assert cfg.train.progress is False
+
+
+def test_type_change_by_override_replaces_component_parameters():
+    raw = {"model": {"assigner": {"type": "max_iou", "pos_iou_thr": 0.5}}}
+    apply_override(raw, "model.assigner.type=atss")
+    assert raw["model"]["assigner"] == {"type": "atss"}
+    cfg = load_config(DEMO, ["model.assigner.type=max_iou"])
+    assert cfg.model.assigner.type == "max_iou"
+    assert cfg.model.assigner.pos_iou_thr == pytest.approx(0.5)
+
+
+def test_merge_replaces_lists_and_type_changed_dicts():
+    base = {"a": [1, 2], "b": {"type": "x", "p": 1}, "c": {"d": 1, "e": 2}}
+    update = {"a": [3], "b": {"type": "y"}, "c": {"e": 5}}
+    assert merge(base, update) == {"a": [3], "b": {"type": "y"}, "c": {"d": 1, "e": 5}}
+
+
+def test_base_inheritance_is_deep_merged(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"seed": 3, "train": {"max_iters": 10, "log_every": 5}}))
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain: {max_iters: 20}\n")
+    raw = load_raw(tmp_path / "child.yaml")
+    assert raw == {"seed": 3, "train": {"max_iters": 20, "log_every": 5}}
+
+
+def test_base_cycle_and_missing_base_are_reported(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_raw(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("_base_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_raw(tmp_path / "c.yaml")
+
+
+def test_invalid_yaml_error_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: 1\ntrain: {max_iters: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_unknown_builtin_config_name_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'retinanet/demo'"):
+        load_config("retinanet/dmeo")
+
+
+def test_resolved_config_reloads_to_the_same_config(tmp_path: Path):
+    cfg = load_config(DEMO, ["optim.lr=0.003"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config_to_yaml(cfg))
+    again = load_config(path)
+    assert again.model_dump() == cfg.model_dump()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml")))
+def test_every_shipped_config_validates(path: Path):
+    load_config(path)

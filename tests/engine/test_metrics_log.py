@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import torch
+
+from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardLogger
+
+
+def test_jsonl_logger_writes_one_parseable_object_per_line(tmp_path):
+    path = tmp_path / "logs" / "metrics.jsonl"
+    logger = JSONLLogger(path)
+    logger.log(10, {"loss": torch.tensor(0.5), "lr": 0.01, "n": np.int64(3), "phase": "train"})
+    logger.log(20, {"loss": float("nan"), "bbox_mAP": np.float32(0.25)})
+    # flushed on every write: readable before close
+    lines = path.read_text().splitlines()
+    logger.close()
+    records = [json.loads(line) for line in lines]
+    assert records[0] == {"step": 10, "loss": 0.5, "lr": 0.01, "n": 3, "phase": "train"}
+    assert records[1] == {"step": 20, "loss": "nan", "bbox_mAP": 0.25}
+
+
+def test_jsonl_logger_appends_across_reopen(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2):
+        logger = JSONLLogger(path)
+        logger.log(step, {"x": step})
+        logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+class Recorder:
+    def __init__(self):
+        self.calls, self.closed = [], False
+
+    def log(self, step, metrics):
+        self.calls.append((step, metrics))
+
+    def close(self):
+        self.closed = True
+
+
+def test_metrics_loggers_fan_out_to_every_logger():
+    a, b = Recorder(), Recorder()
+    with MetricsLoggers([a, b]) as loggers:
+        loggers.log(5, {"loss": 1.0})
+    assert a.calls == b.calls == [(5, {"loss": 1.0})]
+    assert a.closed and b.closed
+
+
+def test_tensorboard_logger_writes_scalar_event_file(tmp_path):
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger.log(3, {"loss": torch.tensor(2.0), "lr": 0.1, "note": "skipped"})
+    logger.close()
+    files = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["loss", "lr"]
+    (loss,) = events.Scalars("loss")
+    assert (loss.step, loss.value) == (3, 2.0)
