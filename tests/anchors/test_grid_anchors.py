@@ -9,7 +9,9 @@ from tunedet.config.registry import build
 
 
 def torchvision_retinanet_anchors(feature_sizes, strides):
-    sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in [32, 64, 128, 256, 512])
+    sizes = tuple(
+        (x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in [32, 64, 128, 256, 512]
+    )
     generator = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     strides_t = [[torch.tensor(s), torch.tensor(s)] for s in strides]
     return generator.grid_anchors([list(s) for s in feature_sizes], strides_t)
@@ -31,7 +33,7 @@ def test_grid_anchors_match_torchvision_retinanet_with_corner_centres():
     feature_sizes = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]
     ours = GridAnchorGenerator(strides=strides, center_offset=0.0).grid_anchors(feature_sizes)
     theirs = torchvision_retinanet_anchors(feature_sizes, strides)
-    for level, (a, b) in enumerate(zip(ours, theirs)):
+    for level, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         assert a.shape == b.shape == (feature_sizes[level][0] * feature_sizes[level][1] * 9, 4)
         # torchvision truncates the scaled sizes to int and rounds the base anchors.
         assert (a - b).abs().max() <= 1.5
@@ -41,7 +43,9 @@ def test_grid_anchors_match_torchvision_retinanet_with_corner_centres():
 
 
 def test_grid_anchors_are_ordered_y_then_x_then_anchor():
-    gen = GridAnchorGenerator(strides=(16,), base_sizes=(16.0,), scales_per_octave=1, ratios=(1.0, 4.0))
+    gen = GridAnchorGenerator(
+        strides=(16,), base_sizes=(16.0,), scales_per_octave=1, ratios=(1.0, 4.0)
+    )
     (anchors,) = gen.grid_anchors([(2, 3)])
     assert anchors.shape == (2 * 3 * 2, 4)
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
@@ -62,13 +66,21 @@ def test_scale_major_orders_scales_fastest_and_false_orders_ratios_fastest():
     h = lambda a: a[:, 3] - a[:, 1]  # noqa: E731
     s = math.sqrt(2)
     # ratio 0.5 is wide: w = 8/sqrt(0.5)
-    torch.testing.assert_close(w(major), torch.tensor([8 * s, 8 * s * s, 8 / s, 8.0], dtype=torch.float64))
-    torch.testing.assert_close(w(minor), torch.tensor([8 * s, 8 / s, 8 * s * s, 8.0], dtype=torch.float64))
-    torch.testing.assert_close(h(major) / w(major), torch.tensor([0.5, 0.5, 2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        w(major), torch.tensor([8 * s, 8 * s * s, 8 / s, 8.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        w(minor), torch.tensor([8 * s, 8 / s, 8 * s * s, 8.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        h(major) / w(major), torch.tensor([0.5, 0.5, 2.0, 2.0], dtype=torch.float64)
+    )
 
 
 def test_base_sizes_override_octave_base_scale():
-    gen = GridAnchorGenerator(strides=(8, 16), base_sizes=(10.0, 50.0), scales_per_octave=1, ratios=(1.0,))
+    gen = GridAnchorGenerator(
+        strides=(8, 16), base_sizes=(10.0, 50.0), scales_per_octave=1, ratios=(1.0,)
+    )
     a0, a1 = gen.grid_anchors([(1, 1), (1, 1)])
     torch.testing.assert_close(a0, torch.tensor([[-1.0, -1.0, 9.0, 9.0]]))
     torch.testing.assert_close(a1, torch.tensor([[-17.0, -17.0, 33.0, 33.0]]))

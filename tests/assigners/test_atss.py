@@ -7,7 +7,9 @@ from tunedet.config.registry import build
 
 
 def level_anchors(sizes=((16, 16), (8, 8), (4, 4)), strides=(8, 16, 32), scales=1):
-    gen = GridAnchorGenerator(strides=strides, octave_base_scale=8.0, scales_per_octave=scales, ratios=(1.0,))
+    gen = GridAnchorGenerator(
+        strides=strides, octave_base_scale=8.0, scales_per_octave=scales, ratios=(1.0,)
+    )
     levels = gen.grid_anchors(list(sizes))
     return torch.cat(levels), [len(a) for a in levels]
 
@@ -33,12 +35,14 @@ def reference_atss(anchors, per_level, boxes, topk):
     for j, gt in enumerate(boxes):
         gt_centre = (gt[:2] + gt[2:]) / 2
         candidates = []
-        for start, count in zip([0, *torch.tensor(per_level).cumsum(0).tolist()], per_level):
+        for start, count in zip(
+            [0, *torch.tensor(per_level).cumsum(0).tolist()[:-1]], per_level, strict=True
+        ):
             dist = ((centres[start : start + count] - gt_centre) ** 2).sum(1).sqrt()
             candidates += (dist.argsort()[: min(topk, count)] + start).tolist()
         ious = tv_box_iou(gt[None], anchors[candidates])[0]
         threshold = ious.mean() + ious.std()
-        for anchor, iou in zip(candidates, ious.tolist()):
+        for anchor, iou in zip(candidates, ious.tolist(), strict=True):
             cx, cy = centres[anchor].tolist()
             inside = min(cx - gt[0], cy - gt[1], gt[2] - cx, gt[3] - cy) > 0
             if iou >= threshold and inside and iou > best[anchor]:
@@ -76,7 +80,9 @@ def test_atss_picks_topk_per_level_at_most():
 def test_atss_without_gt_makes_every_anchor_background():
     anchors, per_level = level_anchors()
     assigner = ATSSAssigner()
-    empty = assigner.assign(anchors, per_level, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long))
+    empty = assigner.assign(
+        anchors, per_level, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long)
+    )
     padded = assigner.assign(anchors, per_level, torch.zeros(2, 4, 4), torch.full((2, 4), -1))
     for result in (empty, padded):
         assert torch.equal(result.matched, torch.zeros(2, len(anchors), dtype=torch.long))
@@ -96,7 +102,9 @@ def test_atss_padded_gt_changes_nothing():
 
 
 def test_atss_anchor_claimed_by_two_gts_takes_higher_iou():
-    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0], [20.0, 0.0, 30.0, 10.0]])
+    anchors = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0], [20.0, 0.0, 30.0, 10.0]]
+    )
     gt = torch.tensor([[[0.0, 0.0, 12.0, 10.0], [2.0, 0.0, 16.0, 10.0]]])
     result = ATSSAssigner(topk=3).assign(anchors, [3], gt, torch.tensor([[0, 1]]))
     ious = tv_box_iou(gt[0], anchors)

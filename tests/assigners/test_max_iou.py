@@ -80,7 +80,9 @@ def test_max_iou_reports_iou_with_matched_gt_or_best_iou():
 def test_max_iou_without_gt_makes_every_anchor_background():
     anchors, per_level = dense_anchors()
     assigner = MaxIoUAssigner()
-    empty = assigner.assign(anchors, per_level, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long))
+    empty = assigner.assign(
+        anchors, per_level, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long)
+    )
     padded = assigner.assign(anchors, per_level, torch.zeros(2, 3, 4), torch.full((2, 3), -1))
     for result in (empty, padded):
         assert torch.equal(result.matched, torch.zeros(2, len(anchors), dtype=torch.long))
@@ -116,7 +118,12 @@ def test_max_iou_applies_thresholds_with_ignore_band():
     # anchor IoUs with the GT [0, 0, 10, 10]: 1.0, 0.6, 0.45, 0.3
     gt = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])
     anchors = torch.tensor(
-        [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 6.0], [0.0, 0.0, 10.0, 4.5], [0.0, 0.0, 10.0, 3.0]]
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [0.0, 0.0, 10.0, 6.0],
+            [0.0, 0.0, 10.0, 4.5],
+            [0.0, 0.0, 10.0, 3.0],
+        ]
     )
     result = MaxIoUAssigner(0.5, 0.4).assign(anchors, [4], gt, torch.tensor([[0]]))
     assert result.matched.tolist() == [[1, 1, -1, 0]]
@@ -126,13 +133,17 @@ def test_max_iou_applies_thresholds_with_ignore_band():
 def test_max_iou_low_quality_match_gives_each_gt_its_best_anchors_including_ties():
     # GT at IoU 0.25 with two anchors (tie) and 0.1 with a third: no anchor passes 0.5
     gt = torch.tensor([[[0.0, 0.0, 20.0, 20.0]]])
-    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 4.0, 10.0]])
+    anchors = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 4.0, 10.0]]
+    )
     labels = torch.tensor([[3]])
     all_ties = MaxIoUAssigner(0.5, 0.4).assign(anchors, [3], gt, labels)
     assert all_ties.matched.tolist() == [[1, 1, 0]]
     first_only = MaxIoUAssigner(0.5, 0.4, gt_max_assign_all=False).assign(anchors, [3], gt, labels)
     assert first_only.matched.tolist() == [[1, 0, 0]]
-    no_low_quality = MaxIoUAssigner(0.5, 0.4, match_low_quality=False).assign(anchors, [3], gt, labels)
+    no_low_quality = MaxIoUAssigner(0.5, 0.4, match_low_quality=False).assign(
+        anchors, [3], gt, labels
+    )
     assert no_low_quality.matched.tolist() == [[0, 0, 0]]
     strict = MaxIoUAssigner(0.5, 0.4, min_pos_iou=0.3).assign(anchors, [3], gt, labels)
     assert strict.matched.tolist() == [[0, 0, 0]]
@@ -148,7 +159,9 @@ def test_max_iou_gt_overlapping_no_anchor_gets_nothing():
 
 def test_max_iou_one_gt_covering_everything_takes_all_anchors_it_overlaps_enough():
     gt = torch.tensor([[[0.0, 0.0, 100.0, 100.0]]])
-    anchors = torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 80.0, 80.0], [0.0, 0.0, 50.0, 50.0]])
+    anchors = torch.tensor(
+        [[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 80.0, 80.0], [0.0, 0.0, 50.0, 50.0]]
+    )
     result = MaxIoUAssigner().assign(anchors, [3], gt, torch.tensor([[0]]))
     assert result.matched.tolist() == [[1, 1, 0]]  # IoU 1, 0.64, 0.25
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tunedet.config.loader import (
+    BUILTIN_CONFIG_DIR,
     ConfigError,
     apply_override,
     config_to_yaml,
@@ -116,6 +117,6 @@ def test_resolved_config_reloads_to_the_same_config(tmp_path: Path):
     assert again.model_dump() == cfg.model_dump()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(BUILTIN_CONFIG_DIR.rglob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_validates(path: Path):
     load_config(path)

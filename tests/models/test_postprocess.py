@@ -36,7 +36,10 @@ def reference_postprocess(
     for i in range(logits.shape[0]):
         all_boxes, all_scores, all_labels = [], [], []
         for lvl_logits, lvl_deltas, lvl_anchors in zip(
-            logits[i].split(per_level), deltas[i].split(per_level), anchors.split(per_level)
+            logits[i].split(per_level),
+            deltas[i].split(per_level),
+            anchors.split(per_level),
+            strict=True,
         ):
             scores = lvl_logits.sigmoid().flatten()
             idx = torch.where(scores > score_thr)[0]
@@ -59,7 +62,7 @@ def reference_postprocess(
 
 def assert_same_detections(ours, ref):
     assert len(ours) == len(ref)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         # order by score (ties are possible only between identical scores)
         torch.testing.assert_close(a["scores"], b["scores"])
         torch.testing.assert_close(a["boxes"], b["boxes"])
@@ -91,7 +94,7 @@ def test_postprocess_clips_boxes_to_each_image():
         torch.tensor([[0.0, 0.0, 30.0, 30.0], [40.0, 20.0, 60.0, 50.0]]),
         torch.tensor([[0.0, 0.0, 30.0, 30.0], [40.0, 20.0, 80.0, 64.0]]),
     ]
-    for det, boxes in zip(out, expected):
+    for det, boxes in zip(out, expected, strict=True):
         got = det["boxes"][det["boxes"][:, 0].argsort()]
         torch.testing.assert_close(got, boxes)
 

@@ -71,22 +71,23 @@ class ATSSAssigner:
             threshold = candidate_ious[..., 0]
         centres = anchor_centres[candidates]  # (B, M, K, 2)
         boxes = gt_boxes[:, :, None, :]
-        inside = torch.stack(
-            [
-                centres[..., 0] - boxes[..., 0],
-                centres[..., 1] - boxes[..., 1],
-                boxes[..., 2] - centres[..., 0],
-                boxes[..., 3] - centres[..., 1],
-            ],
-            dim=-1,
-        ).amin(dim=-1) > 0
+        inside = (
+            torch.stack(
+                [
+                    centres[..., 0] - boxes[..., 0],
+                    centres[..., 1] - boxes[..., 1],
+                    boxes[..., 2] - centres[..., 0],
+                    boxes[..., 3] - centres[..., 1],
+                ],
+                dim=-1,
+            ).amin(dim=-1)
+            > 0
+        )
         positive = (candidate_ious >= threshold[..., None]) & inside & valid[..., None]
 
         # IoU of each (GT, anchor) pair that is positive, -inf elsewhere; the best GT wins
         positive_ious = torch.full_like(ious, float("-inf"))
-        positive_ious.scatter_(
-            2, candidates, candidate_ious.masked_fill(~positive, float("-inf"))
-        )
+        positive_ious.scatter_(2, candidates, candidate_ious.masked_fill(~positive, float("-inf")))
         best_iou, best_gt = positive_ious.max(dim=1)  # (B, A)
         matched = torch.where(best_iou > float("-inf"), best_gt + 1, torch.zeros_like(best_gt))
         return AssignResult(matched, finish_max_iou(ious, matched))

@@ -68,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
     model, device = _model_from_checkpoint(cfg, args.checkpoint)
     dataset = build_dataset(cfg.data.val)
-    if dataset.report.total():
+    if dataset.report:
         print(f"data.val: {dataset.report.summary()}", file=sys.stderr)
     results = predict_dataset(model, dataset, cfg, device)
     metrics = evaluate_results(dataset.coco_ground_truth(), results, cfg.eval.metric)

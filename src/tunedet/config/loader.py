@@ -120,7 +120,10 @@ def validate(raw: dict[str, Any], source: str = "config") -> BaseModel:
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        lines = [describe_error(model, raw, e) for e in error.errors()]
+        errors = error.errors()
+        # An unknown ``type:`` explains every other error of its component: report it alone.
+        type_errors = [e for e in errors if e["type"].startswith("union_tag") or (e["type"] == "literal_error" and e["loc"][-1] == "type")]
+        lines = [describe_error(model, raw, e) for e in (type_errors or errors)]
         more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
         raise ConfigError(f"{source}: {lines[0]}{more}") from None
 
@@ -215,6 +218,20 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type
     return path, holder
 
 
+def _component_kind(holder: type[BaseModel] | None, path: list[str]) -> str | None:
+    if holder is None or not path:
+        return None
+    field = holder.model_fields.get(path[-1].split("[")[0])
+    if field is None:
+        return None
+    annotation = field.annotation
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    members = _union_members(annotation) or {}
+    kinds = {getattr(m, "registry_kind", None) for m in members.values()} - {None}
+    return kinds.pop().replace("_", " ") if len(kinds) == 1 else None
+
+
 def describe_error(model: type[BaseModel], raw: dict[str, Any], error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     kind = error["type"]
@@ -229,15 +246,18 @@ def describe_error(model: type[BaseModel], raw: dict[str, Any], error: dict[str,
         ctx = error.get("ctx", {})
         tag = ctx.get("tag")
         expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
-        component = path[-1] if path else "component"
+        component = _component_kind(holder, path) or (path[-1] if path else "component")
         if kind == "union_tag_not_found":
             return f"{dotted}.type: missing (choices: {', '.join(expected)})"
         close = difflib.get_close_matches(str(tag), expected, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{dotted}.type: unknown {component} '{tag}'{hint} (choices: {', '.join(expected)})"
     if kind == "literal_error" and path and path[-1] == "type":
-        expected = str(error.get("ctx", {}).get("expected", ""))
-        return f"{dotted}: unknown {path[-2] if len(path) > 1 else 'type'} {error.get('input')!r} (choices: {expected})"
+        expected = [t.strip(" '") for t in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",") if t.strip()]
+        component = getattr(holder, "registry_kind", path[-2] if len(path) > 1 else "type").replace("_", " ")
+        close = difflib.get_close_matches(str(error.get("input")), expected, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{dotted}: unknown {component} {error.get('input')!r}{hint} (choices: {', '.join(expected)})"
     message = error["msg"]
     if kind == "missing":
         return f"{dotted}: required key is missing"

@@ -61,13 +61,15 @@ def component_model(kind: str, name: str) -> type[BaseModel]:
         default = defaults.get(slot, ...)
         fields[slot] = (component_union(slot), default)
     model_name = "".join(part.capitalize() for part in f"{name}_{kind}".split("_"))
-    return create_model(
+    model = create_model(
         model_name,
         __config__=STRICT,
         __doc__=entry.description,
         type=(Literal[name], name),
         **fields,
     )
+    model.registry_kind = kind  # read by the error messages ("unknown assigner 'atts'")
+    return model
 
 
 @functools.cache

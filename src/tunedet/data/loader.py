@@ -57,7 +57,7 @@ class DetectionBatch:
 def _chw_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.float()
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
 
 
 def collate_detection(samples: Sequence[dict], size_divisor: int = 32) -> DetectionBatch:

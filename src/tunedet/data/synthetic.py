@@ -52,31 +52,34 @@ def sample_geometry(
     hi = max(lo, min(image_size, math.floor(max_size_frac * image_size)))
     log_lo, log_hi = math.log(lo), math.log(hi + 1)
     log_aspect = (math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1]))
-    boxes = np.zeros((0, 4), np.int64)
-    labels: list[int] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        label = int(rng.integers(num_classes))
-        # PLACEMENT_TRIES candidates at once; the first that covers no earlier box too much wins.
-        u = rng.random((PLACEMENT_TRIES, 4))
-        side = np.exp(log_lo + (log_hi - log_lo) * u[:, 0])
-        aspect = np.sqrt(np.exp(log_aspect[0] + (log_aspect[1] - log_aspect[0]) * u[:, 1]))
-        w = np.clip(side * aspect, lo, hi).astype(np.int64)
-        h = np.clip(side / aspect, lo, hi).astype(np.int64)
-        x0 = (u[:, 2] * (image_size - w + 1)).astype(np.int64)
-        y0 = (u[:, 3] * (image_size - h + 1)).astype(np.int64)
-        candidates = np.stack([x0, y0, x0 + w, y0 + h], axis=1)
-        ok = (covered_fraction(candidates, boxes) <= MAX_COVER).all(axis=1)
+    count = int(rng.integers(1, max_objects + 1))
+    labels = rng.integers(num_classes, size=count)
+    # PLACEMENT_TRIES candidate boxes per object, drawn at once; the first candidate
+    # that covers no earlier object's box by more than MAX_COVER is placed.
+    u = rng.random((4, count, PLACEMENT_TRIES))
+    side = np.exp(log_lo + (log_hi - log_lo) * u[0])
+    aspect = np.sqrt(np.exp(log_aspect[0] + (log_aspect[1] - log_aspect[0]) * u[1]))
+    w = np.minimum(np.maximum(side * aspect, lo), hi).astype(np.int64)
+    h = np.minimum(np.maximum(side / aspect, lo), hi).astype(np.int64)
+    x0 = (u[2] * (image_size - w + 1)).astype(np.int64)
+    y0 = (u[3] * (image_size - h + 1)).astype(np.int64)
+    candidates = np.stack([x0, y0, x0 + w, y0 + h], axis=-1)  # (count, tries, 4)
+    placed = [0]
+    for k in range(1, count):
+        ok = (covered_fraction(candidates[k], candidates[placed, 0]) <= MAX_COVER).all(axis=1)
         if ok.any():
-            boxes = np.concatenate([boxes, candidates[ok.argmax()][None]])
-            labels.append(label)
-    return boxes.astype(np.float32), np.asarray(labels, np.int64)
+            first = int(ok.argmax())
+            candidates[k, 0] = candidates[k, first]  # the placed box is stored in slot 0
+            placed.append(k)
+    boxes = candidates[placed, 0].astype(np.float32)
+    return boxes, labels[placed].astype(np.int64)
 
 
 def covered_fraction(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """``(P, Q)`` fraction of each ``old (Q, 4)`` box's area covered by each ``new (P, 4)`` box."""
     iw = np.minimum(new[:, None, 2], old[None, :, 2]) - np.maximum(new[:, None, 0], old[None, :, 0])
     ih = np.minimum(new[:, None, 3], old[None, :, 3]) - np.maximum(new[:, None, 1], old[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    inter = np.maximum(iw, 0) * np.maximum(ih, 0)
     return inter / ((old[:, 2] - old[:, 0]) * (old[:, 3] - old[:, 1]))[None, :]
 
 

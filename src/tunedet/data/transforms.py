@@ -24,10 +24,11 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-def _image_hw(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
-    if isinstance(image, torch.Tensor):
-        return int(image.shape[-2]), int(image.shape[-1])
-    return int(image.shape[0]), int(image.shape[1])
+def _writable(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous writable array (torch.from_numpy warns on read-only ones)."""
+    if image.flags.c_contiguous and image.flags.writeable:
+        return image
+    return np.array(image, order="C")
 
 
 def flip_boxes(boxes: np.ndarray, size: int, horizontal: bool) -> np.ndarray:
@@ -94,7 +95,7 @@ class Resize:
         scale = self.size / max(height, width)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         if (new_w, new_h) != (width, height):
-            image = np.asarray(
+            image = np.array(
                 Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
             )
         boxes = sample["boxes"] * np.float32(scale)
@@ -123,7 +124,7 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
+        image = torch.from_numpy(_writable(sample["image"])).permute(2, 0, 1)
         return {**sample, "image": (image.float() - self.mean) / self.std}
 
 

@@ -10,7 +10,6 @@ sample's augmentation of ``(seed, epoch, index)``.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from tunedet.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from tunedet.engine.finite_guard import NonFiniteLossError, check_finite_loss
+from tunedet.engine.finite_guard import NonFiniteLossError, check_finite_loss, is_finite_loss
 from tunedet.engine.lr_schedule import LRSchedule
 from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardLogger
 from tunedet.engine.optim import build_optimizer, clip_gradients
@@ -76,7 +75,7 @@ class Trainer:
         self.train_set = build_dataset(cfg.data.train)
         self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
         for name, dataset in (("train", self.train_set), ("val", self.val_set)):
-            if dataset is not None and dataset.report.total():
+            if dataset is not None and dataset.report:
                 self.log(f"data.{name}: {dataset.report.summary()}")
         self.model = build_detector(cfg.model.model_dump()).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim.model_dump())
@@ -90,6 +89,7 @@ class Trainer:
             self.max_iters = 10**9  # wall-time budget only: re-planned after the first iterations
         self.schedule = self._build_schedule()
         self.iteration = 0
+        self.skipped_steps = 0
         self.last_checkpoint: str | None = None
 
     def _build_schedule(self) -> LRSchedule:
@@ -127,7 +127,8 @@ class Trainer:
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
-        if int(state.get("max_iters", self.max_iters)) != self.max_iters:
+        time_budget = self.cfg.train.max_iters is None and self.cfg.train.epochs is None
+        if time_budget and int(state.get("max_iters", self.max_iters)) != self.max_iters:
             self.max_iters = int(state["max_iters"])
             self.schedule = self._build_schedule()
         set_rng_state(state["rng"])
@@ -185,10 +186,10 @@ class Trainer:
                 lr = self.schedule.apply(self.optimizer, self.iteration)
                 losses = self.model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
                 total = sum(losses.values())
-                finite = bool(torch.isfinite(total))
-                if not finite:
+                if not (is_finite_loss(losses) and torch.isfinite(total)):
                     if cfg.on_nonfinite == "stop":
-                        check_finite_loss(losses, self.iteration, self.last_checkpoint)
+                        check_finite_loss({**losses, "total": total}, self.iteration, self.last_checkpoint)
+                    self.skipped_steps += 1
                     self.log(f"skipped iteration {self.iteration}: non-finite loss")
                     self.optimizer.zero_grad(set_to_none=True)
                 else:
@@ -200,10 +201,10 @@ class Trainer:
                 self.iteration += 1
                 bar.update(1)
                 if self.iteration % cfg.log_every == 0 or self.iteration == self.max_iters:
-                    row = {k: float(v) for k, v in losses.items()}
-                    row.update(loss=float(total), lr=lr, time=time.monotonic() - start)
+                    row = {k: float(v.detach()) for k, v in losses.items()}
+                    row.update(loss=float(total.detach()), lr=lr, time=time.monotonic() - start)
                     loggers.log(self.iteration, row)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("time",)})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "time"})
                 if cfg.ckpt_every and self.iteration % cfg.ckpt_every == 0:
                     self.save()
                 if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.val_set:
@@ -296,6 +297,3 @@ def evaluate_results(gt: dict, results: list[dict], metric: str) -> dict[str, fl
     out.update({f"AP/{name}": float(ap) for name, ap in summary["per_class"].items()})
     return out
 
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)

@@ -45,13 +45,12 @@ def build_detector(spec: dict[str, Any] | Any) -> nn.Module:
         parts[kind] = build(kind, sub_spec, num_classes=num_classes, **_injected_for(kind, parts))
 
     generator = parts.get("anchor_generator")
-    neck = parts.get("neck")
-    if generator is not None and neck is not None:
-        if tuple(generator.strides) != tuple(neck.strides):
-            raise ValueError(
-                f"anchor_generator strides {tuple(generator.strides)} differ from "
-                f"the neck's output strides {tuple(neck.strides)}"
-            )
+    features = parts.get("neck", parts.get("backbone"))
+    if generator is not None and tuple(generator.strides) != tuple(features.strides):
+        raise ValueError(
+            f"anchor_generator strides {tuple(generator.strides)} differ from the "
+            f"{'neck' if 'neck' in parts else 'backbone'}'s output strides {tuple(features.strides)}"
+        )
     return build("detector", params, **parts)
 
 

@@ -67,6 +67,9 @@ def postprocess_detections(
     return [
         {"boxes": b, "scores": s, "labels": lab}
         for b, s, lab in zip(
-            boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts)
+            boxes[keep].split(counts),
+            scores[keep].split(counts),
+            labels[keep].split(counts),
+            strict=True,
         )
     ]

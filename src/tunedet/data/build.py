@@ -1,0 +1,82 @@
+"""Turn validated data config sections into datasets and loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from tunedet.config.registry import build
+from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
+
+
+def build_dataset(spec: Any) -> Dataset:
+    return build("dataset", spec)
+
+
+def build_transforms(specs: Sequence[Any]) -> list:
+    return [build("transform", spec) for spec in specs]
+
+
+def build_loader(
+    dataset: Dataset,
+    transform_specs: Sequence[Any],
+    seed: int,
+    batch_sampler: Any = None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    size_divisor: int = 32,
+) -> DataLoader:
+    """A DataLoader of `DetectionBatch`; sequential order unless a batch sampler is given."""
+    augmented = TransformedDataset(dataset, build_transforms(transform_specs), seed=seed)
+    common = dict(
+        num_workers=num_workers,
+        collate_fn=partial(collate_detection, size_divisor=size_divisor),
+        persistent_workers=False,
+    )
+    if batch_sampler is not None:
+        return DataLoader(augmented, batch_sampler=batch_sampler, **common)
+    return DataLoader(augmented, batch_size=batch_size or 1, shuffle=False, **common)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def load_images_for_inference(
+    paths: Sequence[str], cfg: Any
+) -> Iterator[tuple[Path, DetectionBatch, np.ndarray]]:
+    """Yield ``(path, one-image batch, original RGB image)`` for files or folders of images."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such image file or folder")
+    transforms = build_transforms(cfg.data.val_transforms)
+    for image_id, path in enumerate(files):
+        try:
+            with Image.open(path) as handle:
+                image = np.asarray(handle.convert("RGB"))
+        except OSError as error:
+            raise ValueError(f"{path}: cannot read image ({error})") from None
+        sample = {
+            "image": image,
+            "boxes": np.zeros((0, 4), np.float32),
+            "labels": np.zeros((0,), np.int64),
+            "image_id": image_id,
+            "file": str(path),
+            "orig_size": image.shape[:2],
+            "scale": 1.0,
+        }
+        rng = np.random.default_rng(0)
+        for transform in transforms:
+            sample = transform(sample, rng)
+        yield path, collate_detection([sample], size_divisor=cfg.data.size_divisor), image

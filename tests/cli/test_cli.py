@@ -1,0 +1,134 @@
+"""The command line, as a user runs it: one-line errors, list, train/eval/infer, evaluate, data synth."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunedet.cli.main import main
+
+TINY = [
+    "model.backbone.widths=[8, 8, 16, 16, 16]",
+    "model.neck.out_channels=16",
+    "model.head.feat_channels=16",
+    "model.head.stacked_convs=1",
+    "data.train.num_images=8",
+    "data.train.image_size=64",
+    "data.val.num_images=4",
+    "data.val.image_size=64",
+    "data.batch_size=2",
+    "train.progress=false",
+    "train.max_iters=2",
+]
+
+
+def test_config_typo_is_one_line_error_with_exit_code_2(capsys):
+    assert main(["train", "retinanet/demo", "optim.lrr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "optim.lrr" in err and "did you mean 'lr'" in err
+
+
+def test_list_assigners_and_configs(capsys):
+    assert main(["list", "assigners"]) == 0
+    out = capsys.readouterr().out
+    assert "max_iou" in out and "atss" in out
+    assert main(["list", "configs"]) == 0
+    assert "retinanet/demo" in capsys.readouterr().out
+    assert main(["list", "assignrs"]) == 2
+    assert "did you mean 'assigners'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "retinanet/demo", *TINY, "--work-dir", str(run)]) == 0
+    return run
+
+
+def test_train_then_eval_and_infer_from_the_saved_config(trained_run: Path, tmp_path: Path, capsys):
+    checkpoint = trained_run / "checkpoints" / "iter_0000002.pt"
+    assert checkpoint.is_file()
+    config = str(trained_run / "config.yaml")
+    assert main(["eval", config, "--checkpoint", str(checkpoint), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= metrics["AP50"] <= 1.0
+
+    images = tmp_path / "images"
+    assert main(["data", "synth", str(images), "--num-images", "2", "--image-size", "64"]) == 0
+    pngs = sorted(images.rglob("*.png"))
+    assert len(pngs) == 2
+    out = tmp_path / "infer"
+    args = ["infer", config, *map(str, pngs), "--checkpoint", str(checkpoint), "--out", str(out), "--score-thr", "0"]
+    assert main(args) == 0
+    detections = json.loads((out / "detections.json").read_text())
+    assert [Path(d["file"]).name for d in detections] == [p.name for p in pngs]
+    assert all(len(d["boxes"]) == len(d["scores"]) == len(d["labels"]) for d in detections)
+    assert (out / f"{pngs[0].stem}.png").is_file()
+
+
+def test_eval_rejects_checkpoint_of_another_model(trained_run: Path, capsys):
+    checkpoint = trained_run / "checkpoints" / "iter_0000002.pt"
+    config = str(trained_run / "config.yaml")
+    assert main(["eval", config, "model.head.feat_channels=24", "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "shape" in err
+
+
+def test_evaluate_command_equals_pycocotools(tmp_path: Path, capsys):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(0)
+    images, annotations, results = [], [], []
+    for image_id in range(1, 21):
+        images.append({"id": image_id, "width": 200, "height": 200})
+        for _ in range(rng.integers(1, 6)):
+            x, y = rng.uniform(0, 150, 2)
+            w, h = rng.uniform(5, 50, 2)
+            category = int(rng.integers(1, 3))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+            })  # fmt: skip
+            jitter = rng.normal(0, 4, 4)
+            results.append({
+                "image_id": image_id, "category_id": category,
+                "bbox": [x + jitter[0], y + jitter[1], max(1, w + jitter[2]), max(1, h + jitter[3])],
+                "score": float(rng.uniform()),
+            })  # fmt: skip
+        results.append({"image_id": image_id, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.3})
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_path.write_text(json.dumps(gt))
+    dets_path.write_text(json.dumps(results))
+
+    assert main(["evaluate", "--gt", str(gt_path), "--dets", str(dets_path), "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)["stats"]
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_path))
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(dets_path)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+    for name, value in zip(names, evaluator.stats, strict=True):
+        assert ours[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_evaluate_malformed_results_file_is_one_line_error(tmp_path: Path, capsys):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    dets = tmp_path / "dets.json"
+    dets.write_text("[{\"image_id\": 1,")
+    assert main(["evaluate", "--gt", str(gt), "--dets", str(dets)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dets.json" in err
