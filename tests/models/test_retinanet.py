@@ -48,7 +48,7 @@ def tiny_spec(box_loss="giou", **overrides):
     return spec
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
     """The tiny model runs fastest on one thread, especially on a shared machine."""
     threads = torch.get_num_threads()
@@ -58,7 +58,7 @@ def one_thread():
 
 
 @pytest.mark.parametrize("box_loss", ["giou", "smooth_l1"])
-def test_tiny_retinanet_overfits_rectangles_and_recovers_every_box(box_loss, one_thread):
+def test_tiny_retinanet_overfits_rectangles_and_recovers_every_box(box_loss):
     torch.manual_seed(0)
     # No ignore band (neg = pos = 0.5): ignored anchors take no classification loss, so on
     # four memorised images they may keep high scores on boxes of IoU < 0.5 with the GT,
@@ -104,6 +104,7 @@ def reference_loss(model, images, boxes, labels):
     """The same loss one image and one positive anchor at a time."""
     cls_logits, box_deltas, anchors, per_level = model(images)
     matched = model.assigner.assign(anchors, per_level, boxes, labels).matched
+    assert (matched == -1).any()  # the ignore band is exercised
     num_pos = max(1, int((matched > 0).sum()))
     cls_sum, box_sum = 0.0, 0.0
     for i in range(len(images)):
@@ -200,3 +201,33 @@ def test_build_detector_uses_the_assigner_named_in_the_spec():
     images, boxes, labels = rectangle_batch()
     losses = model.loss(images, boxes, labels)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_build_detector_accepts_a_validated_spec_with_default_components():
+    from tunedet.config.schema import component_model
+
+    spec = component_model("detector", "retinanet").model_validate(
+        {
+            "type": "retinanet",
+            "num_classes": 2,
+            "backbone": {"type": "tiny_cnn", "widths": [8, 16, 32, 64, 64]},
+            "neck": {"type": "fpn", "out_channels": 16, "num_outs": 3},
+            "head": {"type": "retina", "feat_channels": 16, "stacked_convs": 1},
+            "anchor_generator": {"type": "grid", "strides": [8, 16, 32]},
+        }
+    )
+    model = build_detector(spec)
+    assert (model.assigner.pos_iou_thr, model.assigner.neg_iou_thr) == (0.5, 0.4)
+    assert (model.cls_loss.alpha, model.cls_loss.gamma) == (0.25, 2.0)
+    assert model.score_thr == 0.05 and model.nms_iou == 0.5 and model.max_dets == 100
+    cls_logits, _, anchors, _ = model.eval()(torch.zeros(1, 3, 64, 64))
+    assert cls_logits.shape == (1, len(anchors), 2)
+
+
+def test_build_detector_fills_left_out_components_with_the_detector_defaults():
+    spec = tiny_spec()
+    del spec["assigner"], spec["box_loss"], spec["cls_loss"]
+    model = build_detector(spec)
+    assert type(model.assigner).__name__ == "MaxIoUAssigner"
+    assert isinstance(model.box_loss, SmoothL1Loss)
+    assert model.cls_loss.gamma == 2.0

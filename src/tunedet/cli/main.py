@@ -60,10 +60,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tunedet.engine.trainer import evaluate_results, predict_dataset
     from tunedet.evaluation import format_coco_table
 
-    overrides = list(args.overrides)
+    cfg = _load(args.config, args.overrides)
     if args.voc_dir:
-        overrides.append(f"data.val={{type: voc, root: '{args.voc_dir}'}}")
-    cfg = _load(args.config, overrides)
+        # Keep the recipe's VOC settings (tiling, class renames) and read another folder.
+        keep = cfg.data.val.model_dump() if cfg.data.val is not None and cfg.data.val.type == "voc" else {}
+        keep.update(type="voc", root=args.voc_dir, files=None, exclude=None)
+        cfg = _load(args.config, [*args.overrides, f"data.val={json.dumps(keep)}"])
     if cfg.data.val is None:
         raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
     model, device = _model_from_checkpoint(cfg, args.checkpoint)

@@ -120,6 +120,8 @@ class VOCDataset(AnnotatedImageDataset):
         tile_size: cut images into square tiles of this size; None: whole images.
         tile_overlap: overlap of neighbouring tiles, as a fraction of tile_size.
         min_visible: a tile-cut box is kept if this fraction of it is inside.
+        rename: class names to rename before the class lookup, e.g.
+            ``{Alive: Tree, Dead: Tree}`` to merge classes.
     """
 
     def __init__(
@@ -134,7 +136,9 @@ class VOCDataset(AnnotatedImageDataset):
         tile_size: Annotated[int, Field(ge=1)] | None = None,
         tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25,
         min_visible: Annotated[float, Field(ge=0, le=1)] = 0.5,
+        rename: dict[str, str] | None = None,
     ) -> None:
+        rename = rename or {}
         base = Path(root)
         if not base.is_dir():
             raise FileNotFoundError(f"VOC root folder {root} does not exist")
@@ -165,6 +169,7 @@ class VOCDataset(AnnotatedImageDataset):
 
         if classes is None:
             names = {(o.findtext("name") or "").strip() for *_, objs in parsed for *_, o in objs}
+            names = {rename.get(n, n) for n in names}
             classes = sorted(n for n in names if n)
         label_of = {name: i for i, name in enumerate(classes)}
 
@@ -174,6 +179,7 @@ class VOCDataset(AnnotatedImageDataset):
             for line, k, obj in objects:
                 where = f"{xml_path}:{line} (object {k})"
                 name = (obj.findtext("name") or "").strip()
+                name = rename.get(name, name)
                 if not name:
                     report.record(MALFORMED_ANNOTATION_SKIPPED, where, "object without <name>")
                     continue

@@ -10,7 +10,7 @@ import tunedet.anchors  # noqa: F401  (registers anchor generators)
 import tunedet.assigners  # noqa: F401  (registers assigners)
 import tunedet.boxes  # noqa: F401  (registers box coders)
 import tunedet.losses  # noqa: F401  (registers losses)
-from tunedet.config.registry import build
+from tunedet.config.registry import REGISTRIES, build
 
 # built in this order; each may receive attributes of those before it
 COMPONENTS = (
@@ -31,26 +31,23 @@ def build_detector(spec: dict[str, Any] | Any) -> nn.Module:
 
     The neck gets ``in_channels``/``in_strides`` from the backbone; the head gets
     ``in_channels`` from the neck, ``num_classes`` and ``num_anchors`` (anchors per
-    location). Components a detector does not use are simply absent from ``spec``.
+    location). Components a detector does not use are simply absent from ``spec``; those
+    it declares in ``default_components`` may be left out.
     """
     params = spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
+    detector_class = REGISTRIES["detector"].get(params["type"]).target
+    for kind, default in getattr(detector_class, "default_components", {}).items():
+        if params.get(kind) is None:
+            params[kind] = default
     num_classes = params["num_classes"]
     parts: dict[str, Any] = {}
     for kind in COMPONENTS:
-        if kind not in params:
-            continue
-        sub_spec = params.pop(kind)
+        sub_spec = params.pop(kind, None)
         if sub_spec is None:
             continue
         parts[kind] = build(kind, sub_spec, num_classes=num_classes, **_injected_for(kind, parts))
-
-    generator = parts.get("anchor_generator")
-    features = parts.get("neck", parts.get("backbone"))
-    if generator is not None and tuple(generator.strides) != tuple(features.strides):
-        raise ValueError(
-            f"anchor_generator strides {tuple(generator.strides)} differ from the "
-            f"{'neck' if 'neck' in parts else 'backbone'}'s output strides {tuple(features.strides)}"
-        )
+        if kind == "anchor_generator":
+            _check_strides(parts)
     return build("detector", params, **parts)
 
 
@@ -65,3 +62,15 @@ def _injected_for(kind: str, parts: dict[str, Any]) -> dict[str, Any]:
             injected["num_anchors"] = parts["anchor_generator"].num_anchors_per_location
         return injected
     return {}
+
+
+def _check_strides(parts: dict[str, Any]) -> None:
+    """The anchor grid must sit on the feature maps the head sees."""
+    source = "neck" if "neck" in parts else "backbone"
+    anchor_strides = tuple(parts["anchor_generator"].strides)
+    feature_strides = tuple(parts[source].strides)
+    if anchor_strides != feature_strides:
+        raise ValueError(
+            f"anchor_generator strides {anchor_strides} differ from the {source}'s "
+            f"output strides {feature_strides}"
+        )

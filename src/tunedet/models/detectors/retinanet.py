@@ -39,6 +39,16 @@ class RetinaNet(nn.Module):
     batch; ``box_loss_weight`` scales the box term.
     """
 
+    # sub-specs a config may leave out (the paper's choices; read by config/schema.py)
+    default_components = {
+        "head": {"type": "retina"},
+        "anchor_generator": {"type": "grid"},
+        "assigner": {"type": "max_iou", "pos_iou_thr": 0.5, "neg_iou_thr": 0.4},
+        "box_coder": {"type": "delta"},
+        "cls_loss": {"type": "focal", "alpha": 0.25, "gamma": 2.0},
+        "box_loss": {"type": "smooth_l1"},
+    }
+
     def __init__(
         self,
         backbone: nn.Module,
