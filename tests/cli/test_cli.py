@@ -65,7 +65,17 @@ def test_train_then_eval_and_infer_from_the_saved_config(trained_run: Path, tmp_
     pngs = sorted(images.rglob("*.png"))
     assert len(pngs) == 2
     out = tmp_path / "infer"
-    args = ["infer", config, *map(str, pngs), "--checkpoint", str(checkpoint), "--out", str(out), "--score-thr", "0"]
+    args = [
+        "infer",
+        config,
+        *map(str, pngs),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--score-thr",
+        "0",
+    ]
     assert main(args) == 0
     detections = json.loads((out / "detections.json").read_text())
     assert [Path(d["file"]).name for d in detections] == [p.name for p in pngs]
@@ -76,7 +86,9 @@ def test_train_then_eval_and_infer_from_the_saved_config(trained_run: Path, tmp_
 def test_eval_rejects_checkpoint_of_another_model(trained_run: Path, capsys):
     checkpoint = trained_run / "checkpoints" / "iter_0000002.pt"
     config = str(trained_run / "config.yaml")
-    assert main(["eval", config, "model.head.feat_channels=24", "--checkpoint", str(checkpoint)]) == 2
+    assert (
+        main(["eval", config, "model.head.feat_channels=24", "--checkpoint", str(checkpoint)]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "shape" in err
@@ -104,8 +116,14 @@ def test_evaluate_command_equals_pycocotools(tmp_path: Path, capsys):
                 "bbox": [x + jitter[0], y + jitter[1], max(1, w + jitter[2]), max(1, h + jitter[3])],
                 "score": float(rng.uniform()),
             })  # fmt: skip
-        results.append({"image_id": image_id, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.3})
-    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+        results.append(
+            {"image_id": image_id, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.3}
+        )
+    gt = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
     gt_path.write_text(json.dumps(gt))
     dets_path.write_text(json.dumps(results))
@@ -128,7 +146,7 @@ def test_evaluate_malformed_results_file_is_one_line_error(tmp_path: Path, capsy
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     dets = tmp_path / "dets.json"
-    dets.write_text("[{\"image_id\": 1,")
+    dets.write_text('[{"image_id": 1,')
     assert main(["evaluate", "--gt", str(gt), "--dets", str(dets)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dets.json" in err

@@ -81,7 +81,9 @@ def test_merge_replaces_lists_and_type_changed_dicts():
 
 
 def test_base_inheritance_is_deep_merged(tmp_path: Path):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"seed": 3, "train": {"max_iters": 10, "log_every": 5}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump({"seed": 3, "train": {"max_iters": 10, "log_every": 5}})
+    )
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain: {max_iters: 20}\n")
     raw = load_raw(tmp_path / "child.yaml")
     assert raw == {"seed": 3, "train": {"max_iters": 20, "log_every": 5}}

@@ -38,13 +38,40 @@ def quiet(*_args, **_kwargs) -> None:
 
 def test_resume_continues_bit_for_bit(tmp_path: Path):
     # A constant main policy makes "stop at 4, then extend to 8" the same run as 8 straight.
-    straight = Trainer(tiny_config("train.max_iters=8", "train.ckpt_every=4", "data.val=null", "schedule.policy.type=constant"), tmp_path / "a", log=quiet)
+    straight = Trainer(
+        tiny_config(
+            "train.max_iters=8",
+            "train.ckpt_every=4",
+            "data.val=null",
+            "schedule.policy.type=constant",
+        ),
+        tmp_path / "a",
+        log=quiet,
+    )
     straight.train()
 
-    first = Trainer(tiny_config("train.max_iters=4", "train.ckpt_every=4", "data.val=null", "schedule.policy.type=constant"), tmp_path / "b", log=quiet)
+    first = Trainer(
+        tiny_config(
+            "train.max_iters=4",
+            "train.ckpt_every=4",
+            "data.val=null",
+            "schedule.policy.type=constant",
+        ),
+        tmp_path / "b",
+        log=quiet,
+    )
     first.train()
     # Re-running with the longer budget in the same directory resumes from iteration 4.
-    resumed = Trainer(tiny_config("train.max_iters=8", "train.ckpt_every=4", "data.val=null", "schedule.policy.type=constant"), tmp_path / "b", log=quiet)
+    resumed = Trainer(
+        tiny_config(
+            "train.max_iters=8",
+            "train.ckpt_every=4",
+            "data.val=null",
+            "schedule.policy.type=constant",
+        ),
+        tmp_path / "b",
+        log=quiet,
+    )
     resumed.train()
     assert resumed.iteration == 8
     for (name, a), (_, b) in zip(
@@ -67,7 +94,9 @@ def test_run_directory_has_resolved_config_metrics_and_checkpoint(tmp_path: Path
 
 
 def test_nan_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path, monkeypatch):
-    trainer = Trainer(tiny_config("train.max_iters=6", "train.ckpt_every=2", "data.val=null"), tmp_path, log=quiet)
+    trainer = Trainer(
+        tiny_config("train.max_iters=6", "train.ckpt_every=2", "data.val=null"), tmp_path, log=quiet
+    )
     original = trainer.model.loss
 
     def poisoned(images, gt_boxes, gt_labels):
@@ -86,7 +115,11 @@ def test_nan_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path, monk
 
 
 def test_nan_loss_can_skip_the_step(tmp_path: Path, monkeypatch):
-    trainer = Trainer(tiny_config("train.max_iters=4", "train.on_nonfinite=skip", "data.val=null"), tmp_path, log=quiet)
+    trainer = Trainer(
+        tiny_config("train.max_iters=4", "train.on_nonfinite=skip", "data.val=null"),
+        tmp_path,
+        log=quiet,
+    )
     original = trainer.model.loss
 
     def poisoned(images, gt_boxes, gt_labels):

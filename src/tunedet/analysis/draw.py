@@ -22,7 +22,11 @@ def draw_detections(
     width: int = 2,
 ) -> Image.Image:
     """Return a copy of ``image`` with xyxy ``boxes`` drawn, coloured by label."""
-    canvas = Image.fromarray(np.asarray(image)).convert("RGB") if not isinstance(image, Image.Image) else image.convert("RGB")
+    canvas = (
+        Image.fromarray(np.asarray(image)).convert("RGB")
+        if not isinstance(image, Image.Image)
+        else image.convert("RGB")
+    )
     draw = ImageDraw.Draw(canvas)
     for i, box in enumerate(boxes):
         label = int(labels[i]) if labels is not None else 0

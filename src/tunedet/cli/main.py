@@ -50,7 +50,7 @@ def _model_from_checkpoint(cfg, checkpoint: str):
     device = resolve_device(cfg.device)
     model = build_detector(cfg.model.model_dump()).to(device)
     state = load_checkpoint(checkpoint, map_location=device)
-    load_model_state(model, state["model"] if "model" in state else state)
+    load_model_state(model, state.get("model", state))
     model.eval()
     return model, device
 
@@ -63,7 +63,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     if args.voc_dir:
         # Keep the recipe's VOC settings (tiling, class renames) and read another folder.
-        keep = cfg.data.val.model_dump() if cfg.data.val is not None and cfg.data.val.type == "voc" else {}
+        keep = (
+            cfg.data.val.model_dump()
+            if cfg.data.val is not None and cfg.data.val.type == "voc"
+            else {}
+        )
         keep.update(type="voc", root=args.voc_dir, files=None, exclude=None)
         cfg = _load(args.config, [*args.overrides, f"data.val={json.dumps(keep)}"])
     if cfg.data.val is None:
@@ -103,7 +107,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
         scores = pred["scores"][keep].cpu().tolist()
         labels = pred["labels"][keep].cpu().tolist()
         all_results.append({"file": str(path), "boxes": boxes, "scores": scores, "labels": labels})
-        draw_detections(image, boxes, scores, labels, classes).save(out_dir / f"{Path(path).stem}.png")
+        draw_detections(image, boxes, scores, labels, classes).save(
+            out_dir / f"{Path(path).stem}.png"
+        )
     (out_dir / "detections.json").write_text(json.dumps(all_results, indent=1))
     print(f"wrote {len(all_results)} images and detections.json to {out_dir}")
     return 0
@@ -171,7 +177,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     from tunedet.data.coco_writer import write_coco
     from tunedet.data.synthetic import SyntheticShapes
 
-    dataset = SyntheticShapes(num_images=args.num_images, image_size=args.image_size, seed=args.seed)
+    dataset = SyntheticShapes(
+        num_images=args.num_images, image_size=args.image_size, seed=args.seed
+    )
     write_coco(dataset, args.out)
     print(f"wrote {len(dataset)} images and annotations.json to {args.out}")
     return 0
@@ -179,7 +187,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tunedet", description="Object-detection training where every knob is a typed config key."
+        prog="tunedet",
+        description="Object-detection training where every knob is a typed config key.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -33,10 +33,15 @@ def resolve_config_path(name: str | Path) -> Path:
     builtin = BUILTIN_CONFIG_DIR / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
     if builtin.is_file():
         return builtin
-    known = sorted(str(p.relative_to(BUILTIN_CONFIG_DIR).with_suffix("")) for p in BUILTIN_CONFIG_DIR.rglob("*.yaml"))
+    known = sorted(
+        str(p.relative_to(BUILTIN_CONFIG_DIR).with_suffix(""))
+        for p in BUILTIN_CONFIG_DIR.rglob("*.yaml")
+    )
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"config '{name}' not found: no such file and no built-in config{hint} (built-in: {', '.join(known)})")
+    raise ConfigError(
+        f"config '{name}' not found: no such file and no built-in config{hint} (built-in: {', '.join(known)})"
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -85,7 +90,9 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     for base in bases:
         base_path = (path.parent / base).resolve()
         if not base_path.is_file():
-            raise ConfigError(f"{path}: _base_ file '{base}' not found (looked in {base_path.parent})")
+            raise ConfigError(
+                f"{path}: _base_ file '{base}' not found (looked in {base_path.parent})"
+            )
         merged = merge(merged, load_raw(base_path, (*_chain, path)))
     return merge(merged, data)
 
@@ -122,7 +129,12 @@ def validate(raw: dict[str, Any], source: str = "config") -> BaseModel:
     except ValidationError as error:
         errors = error.errors()
         # An unknown ``type:`` explains every other error of its component: report it alone.
-        type_errors = [e for e in errors if e["type"].startswith("union_tag") or (e["type"] == "literal_error" and e["loc"][-1] == "type")]
+        type_errors = [
+            e
+            for e in errors
+            if e["type"].startswith("union_tag")
+            or (e["type"] == "literal_error" and e["loc"][-1] == "type")
+        ]
         lines = [describe_error(model, raw, e) for e in (type_errors or errors)]
         more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
         raise ConfigError(f"{source}: {lines[0]}{more}") from None
@@ -245,7 +257,9 @@ def describe_error(model: type[BaseModel], raw: dict[str, Any], error: dict[str,
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         ctx = error.get("ctx", {})
         tag = ctx.get("tag")
-        expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        expected = [
+            t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()
+        ]
         component = _component_kind(holder, path) or (path[-1] if path else "component")
         if kind == "union_tag_not_found":
             return f"{dotted}.type: missing (choices: {', '.join(expected)})"
@@ -253,8 +267,14 @@ def describe_error(model: type[BaseModel], raw: dict[str, Any], error: dict[str,
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{dotted}.type: unknown {component} '{tag}'{hint} (choices: {', '.join(expected)})"
     if kind == "literal_error" and path and path[-1] == "type":
-        expected = [t.strip(" '") for t in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",") if t.strip()]
-        component = getattr(holder, "registry_kind", path[-2] if len(path) > 1 else "type").replace("_", " ")
+        expected = [
+            t.strip(" '")
+            for t in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")
+            if t.strip()
+        ]
+        component = getattr(holder, "registry_kind", path[-2] if len(path) > 1 else "type").replace(
+            "_", " "
+        )
         close = difflib.get_close_matches(str(error.get("input")), expected, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{dotted}: unknown {component} {error.get('input')!r}{hint} (choices: {', '.join(expected)})"

@@ -72,7 +72,9 @@ def _fields_table(model: type[BaseModel], skip: tuple[str, ...] = ("type",)) -> 
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        rows.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {_constraints(field)} |")
+        rows.append(
+            f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {_constraints(field)} |"
+        )
     return rows if len(rows) > 2 else ["(no parameters)"]
 
 
@@ -88,12 +90,20 @@ def reference_markdown() -> str:
     for title, model in (("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)):
         lines += [f"#### `{title}`", *_fields_table(model), ""]
     for section, kind in SECTION_KINDS.items():
-        lines += [f"#### `{section}` — `type:` one of {', '.join(f'`{n}`' for n in REGISTRIES[kind].names())}", ""]
+        lines += [
+            f"#### `{section}` — `type:` one of {', '.join(f'`{n}`' for n in REGISTRIES[kind].names())}",
+            "",
+        ]
         for name in REGISTRIES[kind].names():
             entry = REGISTRIES[kind].get(name)
             model = component_model(kind, name)
             component_slots = tuple(a for a in entry.injected if a in REGISTRIES)
-            lines += [f"`type: {name}` — {entry.description}", "", *_fields_table(model, ("type", *component_slots)), ""]
+            lines += [
+                f"`type: {name}` — {entry.description}",
+                "",
+                *_fields_table(model, ("type", *component_slots)),
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -188,7 +188,9 @@ class Trainer:
                 total = sum(losses.values())
                 if not (is_finite_loss(losses) and torch.isfinite(total)):
                     if cfg.on_nonfinite == "stop":
-                        check_finite_loss({**losses, "total": total}, self.iteration, self.last_checkpoint)
+                        check_finite_loss(
+                            {**losses, "total": total}, self.iteration, self.last_checkpoint
+                        )
                     self.skipped_steps += 1
                     self.log(f"skipped iteration {self.iteration}: non-finite loss")
                     self.optimizer.zero_grad(set_to_none=True)
@@ -296,4 +298,3 @@ def evaluate_results(gt: dict, results: list[dict], metric: str) -> dict[str, fl
     out = {"mAP": float(summary["mAP"])}
     out.update({f"AP/{name}": float(ap) for name, ap in summary["per_class"].items()})
     return out
-
