@@ -122,3 +122,13 @@ def test_resolved_config_reloads_to_the_same_config(tmp_path: Path):
 @pytest.mark.parametrize("path", sorted(BUILTIN_CONFIG_DIR.rglob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_validates(path: Path):
     load_config(path)
+
+
+def test_readme_config_reference_is_up_to_date():
+    from tunedet.config.reference import BEGIN, END, reference_markdown
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    current = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)]
+    assert current.strip() == reference_markdown().strip(), (
+        "README's config reference is stale: run python -m tunedet.config.reference --write README.md"
+    )

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("train", "eval", "infer", "evaluate", "demo", "list", "data")
+COMMANDS = ("train", "eval", "infer", "evaluate", "demo", "list", "analyze", "data")
 
 
 def _load(config: str, overrides: list[str]):
@@ -74,8 +74,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
     model, device = _model_from_checkpoint(cfg, args.checkpoint)
     dataset = build_dataset(cfg.data.val)
-    if dataset.report:
-        print(f"data.val: {dataset.report.summary()}", file=sys.stderr)
     results = predict_dataset(model, dataset, cfg, device)
     metrics = evaluate_results(dataset.coco_ground_truth(), results, cfg.eval.metric)
     if args.json:
@@ -230,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered components of a kind (assigners, ...)")
     p.add_argument("kind", nargs="?")
     p.set_defaults(func=cmd_list)
+
+    from tunedet.cli.analyze import add_analyze_parser
+
+    add_analyze_parser(sub)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

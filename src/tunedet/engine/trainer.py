@@ -74,9 +74,6 @@ class Trainer:
 
         self.train_set = build_dataset(cfg.data.train)
         self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
-        for name, dataset in (("train", self.train_set), ("val", self.val_set)):
-            if dataset is not None and dataset.report:
-                self.log(f"data.{name}: {dataset.report.summary()}")
         self.model = build_detector(cfg.model.model_dump()).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim.model_dump())
         self.base_lr = cfg.optim.lr
