@@ -27,6 +27,7 @@ image. In the COCO ground truth, ``category_id`` equals the 0-based label.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,9 @@ def _xywh(box: np.ndarray) -> list[float]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+TILE_CACHE_BYTES = 256 * 2**20  # decoded full images kept for tiling (per worker)
+
+
 class AnnotatedImageDataset(Dataset):
     """Samples, tiles and COCO GT over a list of `ImageRecord` (base of the file readers).
 
@@ -247,7 +251,7 @@ class AnnotatedImageDataset(Dataset):
             for i, rec in enumerate(records):
                 for tile in make_tiles((rec.height, rec.width), tile_size, tile_overlap):
                     self.items.append((i, tile, len(self.items) + 1))
-        self._cached: tuple[Path, np.ndarray] | None = None
+        self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
         report.log(source)
 
     def __len__(self) -> int:
@@ -256,10 +260,14 @@ class AnnotatedImageDataset(Dataset):
     def _full_image(self, record: ImageRecord) -> np.ndarray:
         if self.tile_size is None:
             return load_rgb(record.path, record.file)
-        # Tiles of one image are usually read together: keep the last decoded image.
-        if self._cached is None or self._cached[0] != record.path:
-            self._cached = (record.path, load_rgb(record.path, record.file))
-        return self._cached[1]
+        # Tiles are read in shuffled order: keep recently decoded images, up to a byte budget.
+        image = self._cache.pop(record.path, None)
+        if image is None:
+            image = load_rgb(record.path, record.file)
+        self._cache[record.path] = image
+        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > TILE_CACHE_BYTES:
+            self._cache.popitem(last=False)
+        return image
 
     def __getitem__(self, index: int) -> dict:
         record_index, tile, image_id = self.items[index]
