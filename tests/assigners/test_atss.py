@@ -116,3 +116,28 @@ def test_atss_anchor_claimed_by_two_gts_takes_higher_iou():
 
 def test_atss_builds_from_registry():
     assert build("assigner", {"type": "atss", "topk": 5}).topk == 5
+
+
+def test_atss_equal_iou_tie_goes_to_the_first_gt():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [30.0, 0.0, 40.0, 10.0]])
+    # mirror images around anchor 0's centre: the same IoU (10/12) and distance
+    gt = torch.tensor([[[0.0, 0.0, 12.0, 10.0], [-2.0, 0.0, 10.0, 10.0]]])
+    result = ATSSAssigner(topk=1).assign(anchors, [2], gt, torch.tensor([[0, 1]]))
+    assert result.matched.tolist() == [[1, 0]]
+
+
+def test_atss_gt_outside_all_anchors_gets_nothing():
+    anchors, per_level = level_anchors()
+    gt = torch.tensor([[[300.0, 300.0, 340.0, 350.0], [10.0, 10.0, 50.0, 50.0]]])
+    result = ATSSAssigner().assign(anchors, per_level, gt, torch.tensor([[0, 1]]))
+    assert not (result.matched == 1).any() and (result.matched == 2).any()
+
+
+def test_atss_gt_covering_everything_keeps_its_adaptive_topk():
+    anchors, per_level = level_anchors()
+    # the whole 128 px image, centre off the anchor grid's symmetry (no distance ties)
+    gt = torch.tensor([[[0.0, 0.0, 126.6, 123.4]]])
+    result = ATSSAssigner(topk=9).assign(anchors, per_level, gt, torch.tensor([[0]]))
+    positive = result.matched[0] > 0
+    assert 0 < positive.sum() <= 27  # at most topk per level, never every anchor
+    assert torch.equal(positive, reference_atss(anchors, per_level, gt[0], 9) > 0)

@@ -191,3 +191,77 @@ def test_max_iou_builds_from_registry_and_rejects_bad_thresholds():
     assert (assigner.pos_iou_thr, assigner.neg_iou_thr) == (0.7, 0.3)
     with pytest.raises(ValueError, match="neg_iou_thr"):
         MaxIoUAssigner(pos_iou_thr=0.3, neg_iou_thr=0.5)
+
+
+def test_max_iou_is_the_same_computed_in_many_small_chunks(monkeypatch):
+    import tunedet.assigners.overlaps as overlaps
+
+    anchors, per_level = dense_anchors()
+    g = torch.Generator().manual_seed(4)
+    boxes, labels, _ = random_gt(g, num_images=3, max_gt=5)
+    boxes[1, :2] = torch.tensor(
+        [20.0, 20.0, 70.0, 60.0]
+    )  # a duplicate GT: the same best anchors, the last one wins
+    labels[1, :2] = 1
+    whole = MaxIoUAssigner().assign(anchors, per_level, boxes, labels)
+    monkeypatch.setattr(overlaps, "CPU_CHUNK_ELEMENTS", 1)  # 64 anchors per chunk
+    assert overlaps.chunk_size(3, 5, len(anchors), anchors.device) == 64
+    for all_ties in (True, False):
+        chunked = MaxIoUAssigner(gt_max_assign_all=all_ties).assign(
+            anchors, per_level, boxes, labels
+        )
+        reference = MaxIoUAssigner(gt_max_assign_all=all_ties)
+        monkeypatch.setattr(overlaps, "CPU_CHUNK_ELEMENTS", 1 << 30)
+        expected = reference.assign(anchors, per_level, boxes, labels)
+        monkeypatch.setattr(overlaps, "CPU_CHUNK_ELEMENTS", 1)
+        assert torch.equal(chunked.matched, expected.matched)
+        torch.testing.assert_close(chunked.max_iou, expected.max_iou)
+    # duplicate GTs: threshold positives go to the first, best-anchor claims to the last
+    assert (whole.matched[1] == 1).any() and (whole.matched[1] == 2).any()
+
+
+def test_max_iou_presets_follow_the_papers():
+    from tunedet.assigners import MAX_IOU_PRESETS
+
+    # GT [0, 0, 10, 10]; anchors at IoU 1.0 (twice: a tie), 0.6, 0.45, 0.35, 0.25
+    gt = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [0.0, 0.0, 10.0, 10.0],
+            [0.0, 0.0, 10.0, 6.0],
+            [0.0, 0.0, 10.0, 4.5],
+            [0.0, 0.0, 10.0, 3.5],
+            [0.0, 0.0, 10.0, 2.5],
+        ]
+    )
+    labels = torch.tensor([[0]])
+    codes = {
+        name: build("assigner", spec).assign(anchors, [6], gt, labels).matched.tolist()[0]
+        for name, spec in MAX_IOU_PRESETS.items()
+    }
+    assert codes["retinanet"] == [1, 1, 1, -1, 0, 0]  # ignore band 0.4–0.5
+    assert codes["rpn"] == [1, 1, -1, -1, -1, 0]  # 0.3 ≤ IoU < 0.7 ignored
+    assert codes["ssd"] == [1, 1, 1, 0, 0, 0]  # no ignore band
+
+    # a GT overlapping its best prior at IoU 0.3 only: SSD still gives it that one prior,
+    # the first of two tying priors; RPN's min_pos_iou 0.3 keeps it (0.3 ≥ 0.3)
+    small_gt = torch.tensor([[[0.0, 0.0, 10.0, 3.0]]])
+    tie = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50, 60, 60]])
+    ssd = build("assigner", MAX_IOU_PRESETS["ssd"]).assign(tie, [3], small_gt, labels)
+    assert ssd.matched.tolist() == [[1, 0, 0]]
+    retina = build("assigner", MAX_IOU_PRESETS["retinanet"]).assign(tie, [3], small_gt, labels)
+    assert retina.matched.tolist() == [[1, 1, 0]]  # gt_max_assign_all: both tying anchors
+    tinier = torch.tensor([[[0.0, 0.0, 10.0, 2.5]]])
+    rpn = build("assigner", MAX_IOU_PRESETS["rpn"]).assign(tie, [3], tinier, labels)
+    assert rpn.matched.tolist() == [[0, 0, 0]]  # best IoU 0.25 < min_pos_iou 0.3
+
+
+def test_max_iou_tie_between_two_gts_goes_to_the_first():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 50.0, 50.0]])
+    # both GTs overlap anchor 0 at IoU 10/12 and are not each other's best anchor ties
+    gt = torch.tensor([[[0.0, 0.0, 12.0, 10.0], [0.0, 0.0, 10.0, 12.0], [40, 40, 50, 50]]])
+    result = MaxIoUAssigner(match_low_quality=False).assign(
+        anchors, [2], gt, torch.tensor([[0, 1, 2]])
+    )
+    assert result.matched.tolist() == [[1, 3]]

@@ -150,3 +150,55 @@ def test_evaluate_malformed_results_file_is_one_line_error(tmp_path: Path, capsy
     assert main(["evaluate", "--gt", str(gt), "--dets", str(dets)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dets.json" in err
+
+
+def test_eval_writes_pngs_and_json_of_all_metrics(trained_run: Path, tmp_path: Path, capsys):
+    checkpoint = trained_run / "checkpoints" / "iter_0000002.pt"
+    config = str(trained_run / "config.yaml")
+    out = tmp_path / "eval"
+    args = ["eval", config, "model.score_thr=0.0", "--checkpoint", str(checkpoint)]
+    assert main([*args, "--out", str(out), "--score-thr", "0.2", "--recall", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "Average Precision" in text and "P@R0.5" in text and "circle" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP50"] <= 1.0  # the config's metric at the top level, as before
+    assert set(metrics["per_class_ap"]) == {"circle", "square", "triangle"}
+    detection = metrics["detection"]
+    assert detection["score_thr"] == 0.2 and detection["target_recall"] == 0.5
+    assert detection["confusion_matrix"]["labels"][-1] == "background"
+    for name in ("pr_curves.png", "confusion_matrix.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_prints_tables_and_writes_out_dir(tmp_path: Path, capsys):
+    gt = {
+        "images": [{"id": 1}, {"id": 2}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10]},
+        ],
+    }
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.8},
+    ]
+    gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_path.write_text(json.dumps(gt))
+    dets_path.write_text(json.dumps(dets))
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--gt", str(gt_path), "--dets", str(dets_path), "--out", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "Average Precision" in text and "AP50" in text
+    # score >= 0.5: 1 TP, 1 FP over 2 images -> P 0.5, R 0.5, F1 0.5, FPPI 0.5
+    row = next(line for line in text.splitlines() if line.startswith("all "))
+    assert row.split()[2:5] == ["0.500", "0.500", "0.500"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["detection"]["all"]["fppi"] == 0.5
+    assert (out / "pr_curves.png").is_file() and (out / "confusion_matrix.png").is_file()
+    assert (
+        main(["evaluate", "--gt", str(gt_path), "--dets", str(dets_path), "--metric", "voc07"]) == 0
+    )
+    assert "mAP" in capsys.readouterr().out

@@ -8,12 +8,16 @@ from tunedet.engine.lr_schedule import (
     ConstantLR,
     ConstantWarmup,
     CosineLR,
+    CosineRestartsLR,
     ExpLR,
     ExpWarmup,
     LinearWarmup,
+    LRChangeLog,
     LRSchedule,
+    MomentumCorrection,
     MultiStepLR,
     NoWarmup,
+    OneCycleLR,
     PolyLR,
     StepLR,
     StepsWithLRs,
@@ -200,7 +204,227 @@ def test_every_registered_policy_and_warmup_builds_with_defaults():
         policy = build(
             "lr_policy", {"type": name, **specs.get(name, {})}, max_iters=50, base_lr=0.1
         )
-        assert policy.factor(0) == pytest.approx(1.0)
+        start = 1 / 25 if name == "onecycle" else 1.0  # one-cycle starts at base/div_factor
+        assert policy.factor(0) == pytest.approx(start)
         assert all(math.isfinite(policy.factor(it)) for it in range(0, 80, 7))
     for name in REGISTRIES["warmup"].names():
-        assert build("warmup", {"type": name}).factor(10_000) == 1.0
+        assert build("warmup", {"type": name}).factor(10_000) == 1.0  # gradual: multiplier 1
+
+
+# ------------------------------------------------------------- cosine with restarts
+
+
+def sgdr_reference(it, period, mult, decay, alpha):
+    """Closed form of SGDR: cycle i covers [period·(mult^i − 1)/(mult − 1), ... + period·mult^i)."""
+    if mult == 1:
+        i, t, length = it // period, it % period, period
+    else:
+        i = math.floor(math.log(1 + it * (mult - 1) / period, mult) + 1e-12)
+        start = period * (mult**i - 1) / (mult - 1)
+        if it < start:  # guard against log rounding just below a restart
+            i -= 1
+            start = period * (mult**i - 1) / (mult - 1)
+        t, length = it - start, period * mult**i
+    c = 0.5 * (1 + math.cos(math.pi * t / length))
+    return decay**i * ((1 - alpha) * c + alpha)
+
+
+RESTART_ITERS = [
+    0,
+    1,
+    50,
+    99,
+    100,
+    101,
+    199,
+    200,
+    299,
+    300,
+    301,
+    499,
+    699,
+    700,
+    701,
+    1499,
+    1500,
+    3000,
+]
+
+
+@pytest.mark.parametrize("mult, decay, alpha", [(1.0, 1.0, 0.0), (1.0, 0.5, 0.1), (2.0, 0.7, 0.05)])
+@pytest.mark.parametrize("it", RESTART_ITERS)
+def test_cosine_restarts_matches_sgdr_closed_form(mult, decay, alpha, it):
+    policy = CosineRestartsLR(period=100, period_mult=mult, restart_decay=decay, alpha=alpha)
+    assert policy.factor(it) == pytest.approx(
+        sgdr_reference(it, 100, mult, decay, alpha), abs=1e-12
+    )
+
+
+def test_cosine_restarts_jumps_back_up_at_each_restart():
+    policy = CosineRestartsLR(period=100, period_mult=2.0, restart_decay=0.5)
+    # cycles: [0, 100), [100, 300), [300, 700)
+    assert policy.factor(99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert policy.factor(100) == pytest.approx(0.5)
+    assert policy.factor(299) < 1e-3
+    assert policy.factor(300) == pytest.approx(0.25)
+    assert policy.factor(500) == pytest.approx(0.25 * 0.5)  # middle of the 400-long cycle
+
+
+def test_cosine_restarts_with_one_cycle_is_cosine():
+    restarts = CosineRestartsLR(max_iters=1000)
+    cosine = CosineLR(max_iters=1000)
+    assert [restarts.factor(it) for it in range(0, 1000, 37)] == pytest.approx(
+        [cosine.factor(it) for it in range(0, 1000, 37)]
+    )
+
+
+# ------------------------------------------------------------------------ one-cycle
+
+
+def onecycle_reference(it, total, pct, div, final_div, lo_m, hi_m):
+    peak = round(pct * total)
+
+    def cos_interp(a, b, f):
+        return b + (a - b) * 0.5 * (1 + math.cos(math.pi * f))
+
+    if it < peak:
+        f = it / peak
+        return cos_interp(1 / div, 1.0, f), cos_interp(hi_m, lo_m, f)
+    f = min(1.0, (it - peak) / (total - peak))
+    return cos_interp(1.0, 1 / (div * final_div), f), cos_interp(lo_m, hi_m, f)
+
+
+@pytest.mark.parametrize("it", [0, 1, 150, 299, 300, 301, 650, 999, 1000, 1200])
+def test_onecycle_lr_and_momentum_match_closed_form(it):
+    policy = OneCycleLR(pct_start=0.3, div_factor=25, final_div_factor=1e4, max_iters=1000)
+    lr, momentum = onecycle_reference(it, 1000, 0.3, 25, 1e4, 0.85, 0.95)
+    assert policy.factor(it) == pytest.approx(lr, abs=1e-12)
+    assert policy.momentum(it) == pytest.approx(momentum, abs=1e-12)
+
+
+def test_onecycle_boundaries_start_peak_and_end():
+    policy = OneCycleLR(pct_start=0.25, div_factor=10, final_div_factor=100, max_iters=400)
+    assert policy.factor(0) == pytest.approx(0.1)
+    assert policy.factor(100) == pytest.approx(1.0)
+    assert policy.momentum(100) == pytest.approx(0.85)
+    assert policy.factor(400) == pytest.approx(0.1 / 100)
+    assert policy.momentum(0) == pytest.approx(0.95) == policy.momentum(400)
+
+
+def test_onecycle_linear_anneal_is_piecewise_linear():
+    policy = OneCycleLR(
+        pct_start=0.5, div_factor=4, final_div_factor=2, anneal="linear", max_iters=200
+    )
+    assert policy.factor(50) == pytest.approx(0.25 + 0.75 * 0.5)
+    assert policy.factor(150) == pytest.approx(1.0 + (0.125 - 1.0) * 0.5)
+
+
+def test_schedule_sets_sgd_momentum_and_adam_beta1_from_onecycle():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([a], lr=1.0, momentum=0.9)
+    adam = torch.optim.Adam([b], lr=1.0, betas=(0.9, 0.99))
+    schedule = LRSchedule(0.1, OneCycleLR(max_iters=100))
+    for optimizer in (sgd, adam):
+        schedule.apply(optimizer, 30)
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.1)
+    assert sgd.param_groups[0]["momentum"] == pytest.approx(0.85)
+    assert adam.param_groups[0]["betas"] == pytest.approx((0.85, 0.99))
+
+
+def test_schedule_leaves_momentum_alone_without_a_momentum_policy():
+    a = torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([a], lr=1.0, momentum=0.9)
+    LRSchedule(0.1, OneCycleLR(cycle_momentum=False, max_iters=100)).apply(sgd, 30)
+    LRSchedule(0.1, CosineLR(max_iters=100)).apply(sgd, 30)
+    assert sgd.param_groups[0]["momentum"] == 0.9
+
+
+# -------------------------------------------------------------- gradual warmup
+
+
+@pytest.mark.parametrize("it", [0, 1, 50, 99, 100, 101, 150, 599, 600, 700])
+def test_gradual_warmup_ramps_to_multiplier_then_hands_over_to_the_policy(it):
+    schedule = build_lr_schedule(
+        0.01,
+        {"type": "multistep", "steps": (200, 400)},
+        {"type": "gradual", "iters": 100, "multiplier": 8.0},
+        max_iters=1000,
+    )
+    if it < 100:
+        expected = 0.01 * (1 + 7 * it / 100)
+    else:  # multistep on base·multiplier, its clock starting at the end of the warmup
+        expected = 0.08 * 0.1 ** sum(1 for s in (200, 400) if s <= it - 100)
+    assert schedule.lr_at(it) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gradual_warmup_with_multiplier_one_starts_at_zero_and_cosine_spans_the_rest():
+    schedule = build_lr_schedule(
+        0.1, {"type": "cosine"}, {"type": "gradual", "iters": 10, "multiplier": 1.0}, max_iters=110
+    )
+    assert schedule.lr_at(0) == 0.0
+    assert schedule.lr_at(5) == pytest.approx(0.05)
+    assert schedule.lr_at(10) == pytest.approx(0.1)  # hand-over: cosine at its iteration 0
+    assert schedule.lr_at(60) == pytest.approx(0.05)  # middle of the 100 remaining iterations
+    assert schedule.lr_at(110) == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("warmup", ["none", "constant", "linear", "exp", "gradual"])
+@pytest.mark.parametrize("policy", ["cosine_restarts", "onecycle"])
+def test_new_policies_compose_with_every_warmup(warmup, policy):
+    spec = {"type": warmup, **({} if warmup == "none" else {"iters": 20})}
+    w = build("warmup", spec)
+    schedule = build_lr_schedule(0.1, {"type": policy}, spec, max_iters=200)
+    offset = 20 if warmup == "gradual" else 0
+    for it in (0, 10, 19, 20, 21, 100, 199, 250):
+        expected = 0.1 * w.factor(it) * schedule.policy.factor(max(0, it - offset))
+        assert schedule.lr_at(it) == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------ momentum correction
+
+
+def detectron_momentum_sgd(lrs, grads_fn, w0, momentum, threshold):
+    """Caffe2's update v = m·v + lr·g, w -= v, with v *= new/old only on large lr changes."""
+    w, v, previous = w0, 0.0, None
+    for lr in lrs:
+        if previous is not None and max(lr / previous, previous / lr) > threshold:
+            v *= lr / previous
+        v = momentum * v + lr * grads_fn(w)
+        w -= v
+        previous = lr
+    return w
+
+
+def test_scale_momentum_reproduces_detectron_updates():
+    # warmup-like small changes (not corrected by Detectron) and a 10x step (corrected)
+    lrs = [0.1 * (0.5 + 0.05 * i) for i in range(8)] + [0.09, 0.009, 0.009, 0.0095]
+    w = torch.nn.Parameter(torch.tensor([1.5], dtype=torch.float64))
+    optimizer = torch.optim.SGD([w], lr=lrs[0], momentum=0.9)
+    correction = MomentumCorrection(threshold=1.1)
+    for i, lr in enumerate(lrs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if i > 0:
+            correction.apply(optimizer, lrs[i - 1], lr)
+        optimizer.zero_grad()
+        (0.5 * w**2 + torch.sin(w)).sum().backward()
+        optimizer.step()
+    expected = detectron_momentum_sgd(lrs, lambda x: x + math.cos(x), 1.5, 0.9, 1.1)
+    assert w.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_momentum_correction_reports_large_changes_and_scales_small_ones():
+    w = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = torch.ones(2)
+    optimizer.step()
+    assert MomentumCorrection(1.1).apply(optimizer, 0.1, 0.01) is True
+    assert optimizer.state[w]["momentum_buffer"].tolist() == [1.0, 1.0]
+    assert MomentumCorrection(1.1).apply(optimizer, 0.1, 0.105) is False
+    assert optimizer.state[w]["momentum_buffer"] == pytest.approx(torch.full((2,), 0.1 / 0.105))
+
+
+def test_lr_change_log_fires_only_on_relative_change_above_threshold():
+    log = LRChangeLog(threshold=0.1)
+    lrs = [0.01, 0.0105, 0.0109, 0.0111, 0.0112, 0.00112, 0.00112]
+    assert [log.changed(lr) for lr in lrs] == [True, False, False, True, False, True, False]

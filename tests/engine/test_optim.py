@@ -4,7 +4,21 @@ import pytest
 import torch
 from torch import nn
 
-from tunedet.engine.optim import adam, adamw, build_optimizer, clip_gradients, param_groups, sgd
+from tunedet.engine.lr_schedule import ConstantLR, LRSchedule
+from tunedet.engine.optim import (
+    AdaBound,
+    adabound,
+    adagrad,
+    adam,
+    adamw,
+    apply_l1_penalty,
+    build_optimizer,
+    clip_gradients,
+    linear_scaled_lr,
+    param_groups,
+    rmsprop,
+    sgd,
+)
 
 W0 = [1.0, -2.0]
 
@@ -151,3 +165,147 @@ def test_clip_gradients_returns_total_norm_and_clips():
 
 def test_clip_gradients_without_grads_is_zero():
     assert clip_gradients(nn.Linear(2, 1), 1.0) == 0.0
+
+
+def test_adagrad_two_steps_match_hand_computation():
+    w = nn.Parameter(torch.tensor(W0, dtype=torch.float64))
+    opt = adagrad([w], lr=0.1, eps=1e-10, weight_decay=0.0)
+    # step 1: G = w0², w1 = w0 − 0.1·w0/|w0| ; step 2: G = w0² + w1², w2 = w1 − 0.1·w1/sqrt(G)
+    expected = []
+    for x in W0:
+        x1 = x - 0.1 * x / (abs(x) + 1e-10)
+        expected.append(x1 - 0.1 * x1 / (math.sqrt(x * x + x1 * x1) + 1e-10))
+    assert quadratic_steps(opt, w, 2) == pytest.approx(expected, abs=1e-12)
+
+
+def test_rmsprop_step_matches_hand_computation():
+    w = nn.Parameter(torch.tensor(W0, dtype=torch.float64))
+    opt = rmsprop([w], lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.1)
+    # g = 1.1·w0; v = 0.1·g²; w1 = w0 − 0.01·g/(sqrt(v) + eps)
+    expected = []
+    for x in W0:
+        g = 1.1 * x
+        expected.append(x - 0.01 * g / (math.sqrt(0.1 * g * g) + 1e-8))
+    assert quadratic_steps(opt, w, 1) == pytest.approx(expected, abs=1e-12)
+
+
+def adabound_reference(w0, steps, lr, b1, b2, final_lr, gamma, eps, amsbound=False):
+    out = []
+    for w in w0:
+        m = v = v_max = 0.0
+        for t in range(1, steps + 1):
+            g = w
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            v_max = max(v_max, v)
+            second = v_max if amsbound else v
+            rate = lr * math.sqrt(1 - b2**t) / (1 - b1**t) / (math.sqrt(second) + eps)
+            lower = final_lr * (1 - 1 / (gamma * t + 1))
+            upper = final_lr * (1 + 1 / (gamma * t))
+            w = w - min(max(rate, lower), upper) * m
+        out.append(w)
+    return out
+
+
+def test_adabound_bounds_at_a_given_step():
+    lower, upper = AdaBound.bounds(final_lr=0.1, gamma=1e-3, step=1000)
+    assert lower == pytest.approx(0.1 * (1 - 1 / 2))
+    assert upper == pytest.approx(0.1 * (1 + 1))
+
+
+def test_adabound_first_step_is_clipped_into_the_bounds():
+    # step 1 (gamma = 1): bounds [0.1·(1 − 1/2), 0.1·(1 + 1)] = [0.05, 0.2]; m = 0.1·g and
+    # Adam's bias-corrected rate lr·sqrt(1 − β2)/(1 − β1)/sqrt(v) = lr/(0.1·|g|)
+    w = nn.Parameter(torch.tensor([0.5, -0.01], dtype=torch.float64))
+    opt = adabound([w], lr=0.001, final_lr=0.1, gamma=1.0)
+    quadratic_steps(opt, w, 1)
+    # |g| = 0.5: rate 0.02 → lower 0.05; |g| = 0.01: rate 1.0 → upper 0.2
+    assert w.tolist() == pytest.approx([0.5 - 0.05 * 0.05, -0.01 + 0.2 * 0.001], abs=1e-12)
+
+
+@pytest.mark.parametrize("amsbound", [False, True])
+def test_adabound_steps_match_reference_formula(amsbound):
+    w = nn.Parameter(torch.tensor(W0, dtype=torch.float64))
+    opt = adabound([w], lr=0.01, betas=(0.9, 0.999), final_lr=0.05, gamma=0.1, amsbound=amsbound)
+    expected = adabound_reference(W0, 5, 0.01, 0.9, 0.999, 0.05, 0.1, 1e-8, amsbound)
+    assert quadratic_steps(opt, w, 5) == pytest.approx(expected, abs=1e-12)
+
+
+def test_adabound_final_lr_follows_the_schedule_ratio():
+    # halving the group's lr halves the bounds (final_lr · lr / base_lr)
+    w = nn.Parameter(torch.tensor([1e-6], dtype=torch.float64))
+    opt = adabound([w], lr=0.01, final_lr=0.1, gamma=1.0)
+    opt.param_groups[0]["lr"] = 0.005
+    quadratic_steps(opt, w, 1)
+    # tiny gradient: Adam's rate 0.005/(1e-6 + 1e-8) is far above upper = 0.05·2 = 0.1
+    assert w.item() == pytest.approx(1e-6 - 0.1 * 0.1 * 1e-6, rel=1e-9)
+
+
+def test_param_multipliers_scale_lr_and_decay_by_longest_module_prefix():
+    net = nn.Sequential()
+    net.add_module("backbone", nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+    net.add_module("head", nn.Linear(2, 1))
+    multipliers = {"backbone": {"lr": 0.1}, "backbone.1": {"lr": 0.5, "decay": 0.0}}
+    opt = build_optimizer(
+        net, {"type": "sgd", "lr": 0.02, "weight_decay": 1e-4, "param_multipliers": multipliers}
+    )
+    groups = group_by_name(opt.param_groups)
+    assert set(groups) == {"decay", "bias", "backbone/decay", "backbone/bias"} | {
+        "backbone.1/decay",
+        "backbone.1/bias",
+    }
+    assert groups["backbone/decay"]["params"] == [net.backbone[0].weight]
+    assert groups["backbone/decay"]["lr"] == pytest.approx(0.002)
+    assert groups["backbone/decay"]["weight_decay"] == pytest.approx(1e-4)
+    assert groups["backbone.1/decay"]["lr"] == pytest.approx(0.01)
+    assert groups["backbone.1/decay"]["weight_decay"] == 0.0
+    assert groups["decay"]["params"] == [net.head.weight]
+    # the schedule keeps the multipliers
+    LRSchedule(0.1, ConstantLR()).apply(opt, 0)
+    assert group_by_name(opt.param_groups)["backbone/bias"]["lr"] == pytest.approx(0.01)
+
+
+def test_param_multipliers_with_an_unknown_prefix_fail():
+    with pytest.raises(ValueError, match="'backbon'"):
+        build_optimizer(
+            nn.Linear(2, 2), {"type": "sgd", "param_multipliers": {"backbon": {"lr": 0.1}}}
+        )
+
+
+def test_l1_penalty_adds_sign_gradient_to_weights_only():
+    net = nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.5, -2.0]]))
+        net.bias.fill_(1.0)
+    opt = build_optimizer(
+        net, {"type": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "l1": 0.01}
+    )
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    apply_l1_penalty(opt)
+    opt.step()
+    assert net.weight[0].tolist() == pytest.approx([0.5 - 0.001, -2.0 + 0.001])
+    assert net.bias.item() == 1.0
+
+
+def test_auto_scale_lr_applies_the_linear_scaling_rule():
+    spec = {"type": "sgd", "lr": 0.02, "auto_scale_lr": True, "base_batch": 16}
+    opt = build_optimizer(nn.Linear(2, 1), spec, batch_size=4)
+    assert opt.defaults["lr"] == pytest.approx(0.005)
+    assert all(g["lr"] == pytest.approx(0.005) for g in opt.param_groups)
+    unscaled = build_optimizer(nn.Linear(2, 1), {**spec, "auto_scale_lr": False}, batch_size=4)
+    assert unscaled.defaults["lr"] == 0.02
+    assert linear_scaled_lr(0.01, 64, 16) == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adabound"])
+def test_every_optimizer_builds_from_the_schema_and_takes_a_step(name):
+    from tunedet.config.schema import component_model
+
+    spec = component_model("optimizer", name)().model_dump()
+    net = TinyNet()
+    opt = build_optimizer(net, spec, batch_size=8)
+    net.fc.weight.grad = torch.ones_like(net.fc.weight)
+    before = net.fc.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, net.fc.weight)

@@ -1,4 +1,5 @@
-"""The training loop: exact resume, the non-finite loss guard, run-directory contents."""
+"""The training loop: exact resume (with EMA), the non-finite loss guard, run-directory
+contents, gradient accumulation, bf16 autocast, early stopping, frozen stages."""
 
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ TINY = [
     "train.progress=false",
     "train.log_every=1",
     "schedule.warmup.iters=2",
+    "threads=1",  # two threads on two shared cores are many times slower than one
 ]
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(*overrides: str):
@@ -36,48 +45,35 @@ def quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def test_resume_continues_bit_for_bit(tmp_path: Path):
+def test_resume_continues_bit_for_bit_with_ema(tmp_path: Path):
     # A constant main policy makes "stop at 4, then extend to 8" the same run as 8 straight.
-    straight = Trainer(
-        tiny_config(
-            "train.max_iters=8",
-            "train.ckpt_every=4",
-            "data.val=null",
-            "schedule.policy.type=constant",
-        ),
-        tmp_path / "a",
-        log=quiet,
+    common = (
+        "train.ckpt_every=4",
+        "data.val=null",
+        "schedule.policy.type=constant",
+        "train.ema={decay: 0.9, tau: 2.0}",
     )
+    straight = Trainer(tiny_config("train.max_iters=8", *common), tmp_path / "a", log=quiet)
     straight.train()
 
-    first = Trainer(
-        tiny_config(
-            "train.max_iters=4",
-            "train.ckpt_every=4",
-            "data.val=null",
-            "schedule.policy.type=constant",
-        ),
-        tmp_path / "b",
-        log=quiet,
-    )
+    first = Trainer(tiny_config("train.max_iters=4", *common), tmp_path / "b", log=quiet)
     first.train()
     # Re-running with the longer budget in the same directory resumes from iteration 4.
-    resumed = Trainer(
-        tiny_config(
-            "train.max_iters=8",
-            "train.ckpt_every=4",
-            "data.val=null",
-            "schedule.policy.type=constant",
-        ),
-        tmp_path / "b",
-        log=quiet,
-    )
+    resumed = Trainer(tiny_config("train.max_iters=8", *common), tmp_path / "b", log=quiet)
     resumed.train()
     assert resumed.iteration == 8
     for (name, a), (_, b) in zip(
         straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+    assert resumed.ema.updates == straight.ema.updates == 8
+    for (name, a), (_, b) in zip(
+        straight.ema.module.state_dict().items(),
+        resumed.ema.module.state_dict().items(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), f"ema {name}"
+    assert resumed.eval_model is resumed.ema.module
 
 
 def test_run_directory_has_resolved_config_metrics_and_checkpoint(tmp_path: Path):
@@ -133,3 +129,168 @@ def test_nan_loss_can_skip_the_step(tmp_path: Path, monkeypatch):
     assert trainer.iteration == 4
     assert trainer.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def mean_square_loss(model):
+    """A per-image mean loss (the detector's own divides by the batch's positives, which
+    differ between a batch of 8 and four of 2)."""
+
+    def loss(images, gt_boxes, gt_labels):
+        cls_logits, box_deltas, _, _ = model(images)
+        return {"cls": cls_logits.float().pow(2).mean(), "box": box_deltas.float().abs().mean()}
+
+    return loss
+
+
+def first_step_gradients(trainer) -> dict[str, torch.Tensor]:
+    grads: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    return grads
+
+
+def test_accumulating_four_batches_of_two_gives_the_gradients_of_a_batch_of_eight(
+    tmp_path: Path, monkeypatch
+):
+    # GroupNorm everywhere (backbone overridden, head already gn): no batch statistics,
+    # so the per-image mean loss has the same gradient however the batch is split.
+    common = (
+        "train.max_iters=1",
+        "data.val=null",
+        "model.backbone.norm=gn",
+        "train.ckpt_every=0",
+    )
+    grads = {}
+    for name, batch, accumulate in (("split", 2, 4), ("whole", 8, 1)):
+        trainer = Trainer(
+            tiny_config(*common, f"data.batch_size={batch}", f"train.accumulate={accumulate}"),
+            tmp_path / name,
+            log=quiet,
+        )
+        monkeypatch.setattr(trainer.model, "loss", mean_square_loss(trainer.model))
+        grads[name] = first_step_gradients(trainer)
+        trainer.train()
+    assert grads["split"].keys() == grads["whole"].keys()
+    for name, g in grads["whole"].items():
+        torch.testing.assert_close(grads["split"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_trains_two_iterations_on_cpu(tmp_path: Path):
+    trainer = Trainer(
+        tiny_config("train.max_iters=2", "train.amp=bf16", "data.val=null", "device=cpu"),
+        tmp_path,
+        log=quiet,
+    )
+    seen = []
+    original = trainer.model.head.forward
+
+    def recording_forward(feats):
+        out = original(feats)
+        seen.append(out[0].dtype)
+        return out
+
+    trainer.model.head.forward = recording_forward
+    trainer.train()
+    assert trainer.iteration == 2
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert all(
+        p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.model.parameters()
+    )
+
+
+def test_fp16_without_cuda_is_refused_with_a_hint(tmp_path: Path):
+    with pytest.raises(ValueError, match="bf16"):
+        Trainer(
+            tiny_config("train.max_iters=1", "train.amp=fp16", "device=cpu"), tmp_path, log=quiet
+        )
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(
+    tmp_path: Path, monkeypatch
+):
+    trainer = Trainer(
+        tiny_config(
+            "train.max_iters=10",
+            "train.eval_every=1",
+            "train.ckpt_every=0",
+            "train.early_stop={metric: AP50, patience: 2}",
+        ),
+        tmp_path,
+        log=quiet,
+    )
+    scores = iter([0.1, 0.3, 0.3, 0.2, 0.9])  # 0.3 at iteration 2, then two without gain
+    monkeypatch.setattr(trainer, "evaluate", lambda dataset=None: {"AP50": next(scores)})
+    metrics = trainer.train()
+    assert trainer.iteration == 4
+    assert metrics == {"AP50": 0.2}
+    assert trainer.early_stop.best == 0.3 and trainer.early_stop.best_iteration == 2
+    # the stop is in the checkpoint: a re-run in the same directory does not continue
+    again = Trainer(trainer.cfg, tmp_path, log=quiet)
+    monkeypatch.setattr(again, "evaluate", lambda dataset=None: {"AP50": 0.0})
+    again.train()
+    assert again.iteration == 4
+
+
+def test_early_stopping_names_a_missing_metric(tmp_path: Path, monkeypatch):
+    trainer = Trainer(
+        tiny_config("train.max_iters=2", "train.eval_every=1", "train.early_stop={metric: mAP}"),
+        tmp_path,
+        log=quiet,
+    )
+    monkeypatch.setattr(trainer, "evaluate", lambda dataset=None: {"AP50": 0.1})
+    with pytest.raises(KeyError, match="mAP.*AP50"):
+        trainer.train()
+
+
+def test_frozen_stages_keep_weights_and_bn_statistics_through_training(tmp_path: Path):
+    trainer = Trainer(
+        tiny_config(
+            "train.max_iters=2",
+            "data.val=null",
+            "train.ckpt_every=0",
+            "model.backbone.frozen_stages=1",
+            "optim.weight_decay=0.5",  # decay would move frozen weights if they were stepped
+        ),
+        tmp_path,
+        log=quiet,
+    )
+    backbone = trainer.model.backbone
+    frozen = {f"stem.{k}": v.clone() for k, v in backbone.stem.state_dict().items()}
+    frozen |= {f"stage1.{k}": v.clone() for k, v in backbone.layers[0].state_dict().items()}
+    free = {k: v.clone() for k, v in backbone.layers[1].state_dict().items()}
+    assert any("running_mean" in k for k in frozen)
+    trainer.train()
+    after = {f"stem.{k}": v for k, v in backbone.stem.state_dict().items()}
+    after |= {f"stage1.{k}": v for k, v in backbone.layers[0].state_dict().items()}
+    for key, value in frozen.items():
+        assert torch.equal(after[key], value), key
+    moved = backbone.layers[1].state_dict()
+    assert not torch.equal(moved["0.norm.running_mean"], free["0.norm.running_mean"])
+    assert not all(torch.equal(moved[k], free[k]) for k in free if "weight" in k)
+    assert all(not m.training for m in backbone.stem.modules())
+
+
+def test_norm_eval_keeps_every_backbone_bn_statistic_while_weights_train(tmp_path: Path):
+    trainer = Trainer(
+        tiny_config(
+            "train.max_iters=2",
+            "data.val=null",
+            "train.ckpt_every=0",
+            "model.backbone.norm_eval=true",
+        ),
+        tmp_path,
+        log=quiet,
+    )
+    backbone = trainer.model.backbone
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    trainer.train()
+    after = backbone.state_dict()
+    stats = [k for k in before if "running_" in k or "num_batches_tracked" in k]
+    assert stats and all(torch.equal(after[k], before[k]) for k in stats)
+    assert not all(torch.equal(after[k], before[k]) for k in before if k.endswith("conv.weight"))

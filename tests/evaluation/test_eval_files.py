@@ -53,6 +53,7 @@ def test_evaluate_files_coco_matches_coco_evaluate(files):
 def test_evaluate_files_voc_matches_voc_evaluate(files, metric, use_07):
     out = evaluate_files(*files, metric=metric)
     assert out.pop("metric") == metric
+    assert out.pop("detection")["iou_thr"] == 0.5  # operating-point metrics come with every metric
     assert out == voc_evaluate(GT, DETS, use_07_metric=use_07)
     assert out["counts"]["dog"]["ignored"] == 1
 

@@ -1,3 +1,4 @@
+import math
 import time
 
 import pytest
@@ -231,3 +232,135 @@ def test_build_detector_fills_left_out_components_with_the_detector_defaults():
     assert type(model.assigner).__name__ == "MaxIoUAssigner"
     assert isinstance(model.box_loss, SmoothL1Loss)
     assert model.cls_loss.gamma == 2.0
+
+
+TRAINABLE_ASSIGNERS = {
+    "max_iou": {"type": "max_iou"},
+    "max_iou_topk": {"type": "max_iou_topk", "k": 2},
+    "grid": {"type": "grid"},
+    "grid_yolov3": {"type": "grid", "mode": "yolov3"},
+    "atss": {"type": "atss"},
+    "fcos": {"type": "fcos", "scale_ranges": [0, 16, 32, 1e8]},
+    "hungarian": {"type": "hungarian"},
+}
+TRAINABLE_SAMPLERS = {
+    "pseudo": {"type": "pseudo"},
+    "random": {"type": "random", "num": 64, "pos_fraction": 0.25},
+    "ohem": {"type": "ohem", "num": 64},
+    "iou_balanced_neg": {"type": "iou_balanced_neg", "num": 64},
+    "hard_negative": {"type": "hard_negative"},
+}
+
+
+def train_a_few_steps(spec, steps=2):
+    torch.manual_seed(0)
+    model = build_detector(spec)
+    images, boxes, labels = rectangle_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(steps):
+        losses = model.loss(images, boxes, labels)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append({k: v.detach().item() for k, v in losses.items()})
+    return model, history
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE_ASSIGNERS))
+def test_tiny_retinanet_trains_with_each_assigner(name):
+    model, history = train_a_few_steps(tiny_spec(assigner=TRAINABLE_ASSIGNERS[name]))
+    images, boxes, labels = rectangle_batch()
+    cls_logits, box_deltas, anchors, per_level = model(images)
+    assigned = model.assign_targets(cls_logits, box_deltas, anchors, per_level, boxes, labels)
+    assert assigned.num_positive > 0
+    for losses in history:
+        assert all(math.isfinite(v) for v in losses.values())
+        assert losses["box"] > 0  # positives were found and regressed
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE_SAMPLERS))
+def test_tiny_retinanet_trains_with_each_sampler(name):
+    _, history = train_a_few_steps(tiny_spec(sampler=TRAINABLE_SAMPLERS[name]))
+    for losses in history:
+        assert all(math.isfinite(v) for v in losses.values())
+        assert losses["box"] > 0 and losses["cls"] > 0
+
+
+def test_sampled_loss_sums_over_sampled_anchors_divided_by_sampled_positives():
+    torch.manual_seed(4)
+    model = build_detector(tiny_spec(sampler={"type": "hard_negative", "neg_pos_ratio": 2}))
+    images, boxes, labels = rectangle_batch()
+    losses = model.loss(images, boxes, labels)
+    cls_logits, box_deltas, anchors, per_level = model(images)
+    assigned = model.assign_targets(cls_logits, box_deltas, anchors, per_level, boxes, labels)
+    matched = assigned.matched
+    targets = torch.zeros_like(cls_logits)
+    pos = matched > 0
+    targets[pos] = torch.nn.functional.one_hot(
+        labels.gather(1, (matched - 1).clamp(min=0))[pos], 3
+    ).float()
+    per_anchor = sigmoid_focal_loss(cls_logits, targets, 0.25, 2.0, "none").sum(-1)
+    num_pos = int(pos.sum())
+    expected = 0.0
+    for i in range(len(images)):  # all positives + the 2·#pos negatives of highest loss
+        neg_loss = per_anchor[i][matched[i] == 0].sort(descending=True).values
+        expected += per_anchor[i][pos[i]].sum() + neg_loss[: 2 * int(pos[i].sum())].sum()
+    torch.testing.assert_close(losses["cls"], expected / num_pos, rtol=1e-4, atol=1e-6)
+
+
+def test_hungarian_gets_the_detached_predictions():
+    model = build_detector(tiny_spec(assigner={"type": "hungarian"}))
+    seen = {}
+    assign = model.assigner.assign
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return assign(*args, **kwargs)
+
+    model.assigner.assign = spy
+    images, boxes, labels = rectangle_batch()
+    model.loss(images, boxes, labels)
+    scores, pred_boxes = seen["pred_scores"], seen["pred_boxes"]
+    assert scores.shape[:2] == pred_boxes.shape[:2] and scores.shape[-1] == 3
+    assert not scores.requires_grad and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_topk_assignment_trains_the_union_of_the_anchor_gt_classes():
+    model = build_detector(tiny_spec(assigner={"type": "max_iou_topk", "k": 2}))
+    matched_topk = torch.tensor([[[2, 1], [1, 0], [0, 0]]])
+    from tunedet.assigners import AssignResult
+
+    result = AssignResult(matched_topk[..., 0], torch.zeros(1, 3), matched_topk)
+    targets = model._cls_targets(result, torch.tensor([[0, 2]]), torch.float32)
+    assert targets.tolist() == [[[1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sampler": {"type": "random", "add_gt_as_proposals": True}}, "add_gt_as_proposals"),
+        ({"cls_loss": {"type": "softmax_ce"}}, r"model\.cls_loss: softmax_ce needs a background"),
+        ({"box_coder": {"type": "yolo"}}, r"model\.box_coder: yolo"),
+        (
+            {
+                "assigner": {"type": "grid"},
+                "anchor_generator": {"type": "grid", "strides": [8, 16, 32], "center_offset": 0},
+            },
+            r"model\.assigner: grid .*center_offset is 0\.0",
+        ),
+        ({"assigner": {"type": "fcos"}}, r"model\.assigner\.scale_ranges: 6 boundaries .* has 3"),
+    ],
+)
+def test_build_detector_rejects_combinations_that_cannot_train(overrides, message):
+    with pytest.raises(ValueError, match=message) as error:
+        build_detector(tiny_spec(**overrides))
+    assert "\n" not in str(error.value)
+
+
+def test_build_detector_rejects_a_prediction_assigner_for_a_detector_without_predictions(
+    monkeypatch,
+):
+    monkeypatch.setattr(RetinaNet, "passes_predictions_to_assigner", False)
+    with pytest.raises(ValueError, match=r"model\.assigner: hungarian"):
+        build_detector(tiny_spec(assigner={"type": "hungarian"}))

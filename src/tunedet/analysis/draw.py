@@ -20,8 +20,14 @@ def draw_detections(
     labels: Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
     width: int = 2,
+    colour: tuple[int, int, int] | None = None,
 ) -> Image.Image:
-    """Return a copy of ``image`` with xyxy ``boxes`` drawn, coloured by label."""
+    """Return a copy of ``image`` with xyxy ``boxes`` drawn, coloured by label.
+
+    With ``colour`` every box takes that colour and no text is written (e.g.
+    ground truth under predictions); otherwise each box is labelled with its
+    class name (or label) and score.
+    """
     canvas = (
         Image.fromarray(np.asarray(image)).convert("RGB")
         if not isinstance(image, Image.Image)
@@ -30,10 +36,15 @@ def draw_detections(
     draw = ImageDraw.Draw(canvas)
     for i, box in enumerate(boxes):
         label = int(labels[i]) if labels is not None else 0
-        colour = PALETTE[label % len(PALETTE)]
         x0, y0, x1, y1 = (float(v) for v in box)
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        if colour is not None:
+            draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+            continue
+        box_colour = PALETTE[label % len(PALETTE)]
+        draw.rectangle([x0, y0, x1, y1], outline=box_colour, width=width)
         name = classes[label] if classes is not None and label < len(classes) else str(label)
         text = name if scores is None else f"{name} {float(scores[i]):.2f}"
-        draw.text((x0 + 2, max(0.0, y0 - 10)), text, fill=colour)
+        left, top, right, bottom = draw.textbbox((x0 + 2, max(0.0, y0 - 11)), text)
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
+        draw.text((x0 + 2, max(0.0, y0 - 11)), text, fill=box_colour)
     return canvas

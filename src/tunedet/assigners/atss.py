@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from tunedet.assigners.base import AssignResult, all_background, finish_max_iou
-from tunedet.boxes.iou import box_iou
+from tunedet.assigners.base import AssignResult, all_background, check_levels
+from tunedet.assigners.overlaps import aligned_anchor_iou, summarise_iou
 from tunedet.config.registry import register
 
 
@@ -22,7 +22,8 @@ class ATSSAssigner:
     (unbiased std, ``torch.std``'s default as in the paper's code); positives are the
     candidates with IoU ≥ threshold whose centre lies strictly inside the GT. An
     anchor that is positive for several GTs takes the one with the highest IoU.
-    Everything else is background; ATSS ignores nothing.
+    Everything else is background; ATSS ignores nothing. Only the candidates' IoUs
+    are computed; the (B, M, A) work is the centre distances, one level at a time.
     """
 
     def __init__(self, topk: Annotated[int, Field(ge=1)] = 9):
@@ -37,34 +38,31 @@ class ATSSAssigner:
     ) -> AssignResult:
         """anchors: (A, 4) xyxy, levels concatenated in order of ``num_anchors_per_level``;
         gt_boxes: (B, M, 4) xyxy; gt_labels: (B, M), -1 = padding."""
+        check_levels(anchors, num_anchors_per_level)
         num_images, num_gt = gt_labels.shape
         num_anchors = anchors.shape[0]
-        if sum(num_anchors_per_level) != num_anchors:
-            raise ValueError(
-                f"num_anchors_per_level sums to {sum(num_anchors_per_level)}, "
-                f"but there are {num_anchors} anchors"
-            )
         if num_gt == 0:
             return all_background(num_images, num_anchors, anchors)
+        gt_boxes = gt_boxes.to(anchors)
         valid = gt_labels >= 0  # (B, M)
-        ious = box_iou(gt_boxes, anchors.expand(num_images, num_anchors, 4))  # (B, M, A)
-        ious = ious.masked_fill(~valid[..., None], -1.0)
-
         anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
         gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, M, 2)
-        distances = (gt_centres[:, :, None, :] - anchor_centres[None, None]).norm(dim=-1)
 
         candidates = []  # global anchor indices, (B, M, k_l) per level
         start = 0
         for count in num_anchors_per_level:
             k = min(self.topk, count)
             if k > 0:
-                nearest = distances[:, :, start : start + count].topk(k, dim=2, largest=False)
+                level = anchor_centres[start : start + count]
+                dx = gt_centres[..., 0, None] - level[:, 0]  # (B, M, A_l)
+                dy = gt_centres[..., 1, None] - level[:, 1]
+                squared = dx.mul_(dx).addcmul_(dy, dy)  # ranks as the L2 distance does
+                nearest = squared.topk(k, dim=2, largest=False)
                 candidates.append(nearest.indices + start)
             start += count
         candidates = torch.cat(candidates, dim=2)  # (B, M, K)
 
-        candidate_ious = ious.gather(2, candidates)
+        candidate_ious = aligned_anchor_iou(gt_boxes[:, :, None, :], anchors[candidates])
         if candidates.shape[2] > 1:
             threshold = candidate_ious.mean(dim=2) + candidate_ious.std(dim=2)
         else:
@@ -85,9 +83,19 @@ class ATSSAssigner:
         )
         positive = (candidate_ious >= threshold[..., None]) & inside & valid[..., None]
 
-        # IoU of each (GT, anchor) pair that is positive, -inf elsewhere; the best GT wins
-        positive_ious = torch.full_like(ious, float("-inf"))
-        positive_ious.scatter_(2, candidates, candidate_ious.masked_fill(~positive, float("-inf")))
-        best_iou, best_gt = positive_ious.max(dim=1)  # (B, A)
-        matched = torch.where(best_iou > float("-inf"), best_gt + 1, torch.zeros_like(best_gt))
-        return AssignResult(matched, finish_max_iou(ious, matched))
+        # an anchor positive for several GTs takes the highest IoU, then the lower GT index
+        image = torch.arange(num_images, device=anchors.device)[:, None, None]
+        slot = (image * num_anchors + candidates)[positive]  # into (B·A,)
+        pair_iou = candidate_ious[positive]
+        gt_code = torch.arange(1, num_gt + 1, device=anchors.device)[None, :, None]
+        gt_code = gt_code.expand_as(candidates)[positive]
+        top = torch.full((num_images * num_anchors,), -1.0, dtype=pair_iou.dtype)
+        top = top.to(anchors.device).scatter_reduce(0, slot, pair_iou, reduce="amax")
+        winner = pair_iou == top[slot]
+        matched = torch.full((num_images * num_anchors,), num_gt + 1, device=anchors.device)
+        matched = matched.scatter_reduce(0, slot[winner], gt_code[winner], reduce="amin")
+        matched = matched.masked_fill(matched > num_gt, 0).view(num_images, num_anchors)
+
+        best_iou = summarise_iou(anchors, gt_boxes, valid).best_iou.clamp(min=0)
+        max_iou = torch.where(matched > 0, top.view(num_images, num_anchors), best_iou)
+        return AssignResult(matched, max_iou)

@@ -8,11 +8,27 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from tunedet.assigners.base import AssignResult, all_background, finish_max_iou
-from tunedet.boxes.iou import box_iou
+from tunedet.assigners.base import AssignResult, all_background
+from tunedet.assigners.overlaps import IoUSummary, gt_best_anchors, summarise_iou
 from tunedet.config.registry import register
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
+
+# the papers' settings, as config dicts (``model.assigner``)
+PRESETS = {
+    # RetinaNet: ignore band 0.4 ≤ IoU < 0.5; every GT keeps its best anchors
+    "retinanet": {"type": "max_iou", "pos_iou_thr": 0.5, "neg_iou_thr": 0.4},
+    # RPN (Faster R-CNN): positives ≥ 0.7, negatives < 0.3, best anchors need ≥ 0.3
+    "rpn": {"type": "max_iou", "pos_iou_thr": 0.7, "neg_iou_thr": 0.3, "min_pos_iou": 0.3},
+    # SSD: each GT its single best prior first, then every prior ≥ 0.5; no ignore band
+    "ssd": {
+        "type": "max_iou",
+        "pos_iou_thr": 0.5,
+        "neg_iou_thr": 0.5,
+        "min_pos_iou": 0.0,
+        "gt_max_assign_all": False,
+    },
+}
 
 
 @register("assigner", "max_iou")
@@ -29,8 +45,10 @@ class MaxIoUAssigner:
        order). Unlike torchvision's ``Matcher``, which keeps such an anchor's own best
        GT, the anchor goes to the GT it is best for, so every GT gets an anchor.
 
-    RetinaNet: 0.5 / 0.4 with the ignore band between; RPN 0.7 / 0.3 with
-    ``min_pos_iou=0.3``; SSD 0.5 / 0.5.
+    Presets (``PRESETS``): RetinaNet 0.5 / 0.4 with the ignore band between; RPN 0.7 /
+    0.3 with ``min_pos_iou=0.3``; SSD 0.5 / 0.5 with ``gt_max_assign_all=False``: each
+    GT first takes its one best prior (SSD's bipartite step), then every prior ≥ 0.5.
+    The IoU is reduced chunk by chunk (``overlaps.summarise_iou``), never stored whole.
     """
 
     def __init__(
@@ -62,31 +80,50 @@ class MaxIoUAssigner:
         assigner interface.
         """
         num_images, num_gt = gt_labels.shape
-        num_anchors = anchors.shape[0]
         if num_gt == 0:
-            return all_background(num_images, num_anchors, anchors)
+            return all_background(num_images, anchors.shape[0], anchors)
         valid = gt_labels >= 0  # (B, M)
-        ious = box_iou(gt_boxes, anchors.expand(num_images, num_anchors, 4))  # (B, M, A)
-        ious = ious.masked_fill(~valid[..., None], -1.0)
-
-        best_iou, best_gt = ious.max(dim=1)  # (B, A)
-        matched = torch.full_like(best_gt, -1)
-        matched[best_iou < self.neg_iou_thr] = 0
-        positive = best_iou >= self.pos_iou_thr
-        matched[positive] = best_gt[positive] + 1
-
+        summary = summarise_iou(anchors, gt_boxes.to(anchors), valid)
+        matched = threshold_matches(summary.best_iou, summary.best_gt, self)
+        max_iou = summary.best_iou.clamp(min=0)
         if self.match_low_quality:
-            gt_best_iou, gt_best_anchor = ious.max(dim=2)  # (B, M)
-            eligible = valid & (gt_best_iou >= self.min_pos_iou) & (gt_best_iou > 0)
-            if self.gt_max_assign_all:
-                claims = ious == gt_best_iou[..., None]
-            else:
-                claims = torch.zeros_like(ious, dtype=torch.bool)
-                claims.scatter_(2, gt_best_anchor[..., None], True)
-            claims &= eligible[..., None]  # (B, M, A)
-            gt_number = torch.arange(1, num_gt + 1, device=matched.device)
-            # the highest-numbered claiming GT wins, as a loop over GTs in order would do
-            claimer = (claims * gt_number[None, :, None]).max(dim=1).values  # (B, A)
-            matched = torch.where(claimer > 0, claimer, matched)
+            claimer = low_quality_claimers(anchors, gt_boxes.to(anchors), summary, valid, self)
+            claimed = claimer > 0
+            matched = torch.where(claimed, claimer, matched)
+            claimer_iou = summary.gt_best_iou.gather(1, (claimer - 1).clamp(min=0))
+            max_iou = torch.where(claimed, claimer_iou, max_iou)
+        return AssignResult(matched, max_iou)
 
-        return AssignResult(matched, finish_max_iou(ious, matched))
+
+def threshold_matches(best_iou: Tensor, best_gt: Tensor, thresholds) -> Tensor:
+    """Steps 1–3: (B, A) codes from each anchor's best IoU and GT; ``thresholds`` has
+    ``pos_iou_thr`` and ``neg_iou_thr``."""
+    matched = torch.full_like(best_gt, -1)
+    matched[best_iou < thresholds.neg_iou_thr] = 0
+    positive = best_iou >= thresholds.pos_iou_thr
+    matched[positive] = best_gt[positive] + 1
+    return matched
+
+
+def low_quality_claimers(
+    anchors: Tensor, gt_boxes: Tensor, summary: IoUSummary, valid: Tensor, rule
+) -> Tensor:
+    """Step 4: (B, A) code of the last GT that claims each anchor as its best, else 0.
+
+    ``rule`` has ``min_pos_iou`` and ``gt_max_assign_all``; a GT claims only if its best
+    IoU is ≥ ``min_pos_iou`` and > 0.
+    """
+    num_images, num_gt = valid.shape
+    num_anchors = anchors.shape[0]
+    gt_best = summary.gt_best_iou
+    eligible = valid & (gt_best >= rule.min_pos_iou) & (gt_best > 0)
+    image, gt, anchor = gt_best_anchors(anchors, gt_boxes, summary, eligible)
+    if not rule.gt_max_assign_all:  # the first best anchor of each GT only
+        pair = image * num_gt + gt
+        first = torch.full((num_images * num_gt,), num_anchors, device=anchors.device)
+        first = first.scatter_reduce(0, pair, anchor, reduce="amin")
+        keep = anchor == first[pair]
+        image, gt, anchor = image[keep], gt[keep], anchor[keep]
+    claimer = torch.zeros(num_images * num_anchors, dtype=torch.long, device=anchors.device)
+    claimer.scatter_reduce_(0, image * num_anchors + anchor, gt + 1, reduce="amax")
+    return claimer.view(num_images, num_anchors)

@@ -34,11 +34,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config, args.overrides)
     run_dir = _run_dir(cfg, args.config, args.work_dir)
+    from tunedet.engine.report import write_report
+
     trainer = Trainer(cfg, run_dir)
     print(f"run directory: {run_dir}")
     metrics = trainer.train()
     if metrics:
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    print(f"report: {write_report(trainer, metrics)}")
     return 0
 
 
@@ -50,15 +53,49 @@ def _model_from_checkpoint(cfg, checkpoint: str):
     device = resolve_device(cfg.device)
     model = build_detector(cfg.model.model_dump()).to(device)
     state = load_checkpoint(checkpoint, map_location=device)
-    load_model_state(model, state.get("model", state))
+    # A run with EMA is evaluated (and used) with its averaged weights, as in training.
+    weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
+    load_model_state(model, weights)
     model.eval()
     return model, device
+
+
+def _print_evaluation(
+    report: dict, args: argparse.Namespace, coco_stats: dict | None, per_class: tuple = ()
+) -> None:
+    """Print an evaluation (JSON, or tables: COCO stats and `per_class` = (AP, AP50) by class
+    when `coco_stats` is given, then the operating-point metrics) and write --out files."""
+    from tunedet.evaluation import (
+        format_coco_table,
+        format_detection_metrics,
+        format_per_class_ap,
+        to_json_ready,
+        write_evaluation,
+    )
+
+    if args.out:
+        paths = write_evaluation(report, args.out, report["detection"])
+    if args.json:
+        print(json.dumps(to_json_ready(report)))
+    else:
+        if coco_stats is not None:
+            print(format_coco_table(coco_stats))
+            print()
+            print(format_per_class_ap(*per_class))
+        else:
+            rest = {k: v for k, v in report.items() if k not in ("detection", "counts")}
+            print(json.dumps(to_json_ready(rest), indent=2))
+        print()
+        print(format_detection_metrics(report["detection"]))
+    if args.out:
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunedet.data.build import build_dataset
     from tunedet.engine.trainer import evaluate_results, predict_dataset
-    from tunedet.evaluation import format_coco_table
+    from tunedet.evaluation import detection_metrics
+    from tunedet.evaluation.coco import per_class_ap_from_eval, run_coco_eval, stats_from_eval
 
     cfg = _load(args.config, args.overrides)
     if args.voc_dir:
@@ -75,11 +112,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, device = _model_from_checkpoint(cfg, args.checkpoint)
     dataset = build_dataset(cfg.data.val)
     results = predict_dataset(model, dataset, cfg, device)
-    metrics = evaluate_results(dataset.coco_ground_truth(), results, cfg.eval.metric)
-    if args.json:
-        print(json.dumps(metrics))
+    gt = dataset.coco_ground_truth()
+    # The config's metric at the top level (as training logs it), then the details.
+    if cfg.eval.metric == "coco":
+        evaluator = run_coco_eval(gt, results)
+        report: dict = stats_from_eval(evaluator)
+        report["per_class_ap"] = per_class_ap_from_eval(evaluator)
+        report["per_class_ap50"] = per_class_ap_from_eval(evaluator, iou_thr=0.5)
+        coco_stats = stats_from_eval(evaluator)
     else:
-        print(format_coco_table(metrics) if cfg.eval.metric == "coco" else json.dumps(metrics))
+        report, coco_stats = dict(evaluate_results(gt, results, cfg.eval.metric)), None
+    report["detection"] = detection_metrics(gt, results, args.score_thr, args.recall)
+    per_class = (report.get("per_class_ap", {}), report.get("per_class_ap50", {}))
+    _print_evaluation(report, args, coco_stats, per_class)
     return 0
 
 
@@ -114,15 +159,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tunedet.evaluation import evaluate_files, format_coco_table
+    from tunedet.evaluation import evaluate_files
 
-    metrics = evaluate_files(args.gt, args.dets, args.metric)
-    if args.json:
-        print(json.dumps(metrics))
-    elif args.metric == "coco":
-        print(format_coco_table(metrics))
-    else:
-        print(json.dumps(metrics, indent=2))
+    report = evaluate_files(args.gt, args.dets, args.metric, args.score_thr, args.recall)
+    coco = args.metric == "coco"
+    per_class = (report["per_class"], report["per_class_ap50"]) if coco else ()
+    _print_evaluation(report, args, report["stats"] if coco else None, per_class)
     return 0
 
 
@@ -183,6 +225,18 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", metavar="DIR", help="write metrics.json, pr_curves.png, confusion_matrix.png"
+    )
+    p.add_argument(
+        "--score-thr", type=float, default=0.5, help="score threshold of P/R/F1/FPPI (0.5)"
+    )
+    p.add_argument(
+        "--recall", type=float, default=0.9, help="report the precision at this recall (0.9)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunedet",
@@ -202,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--voc-dir", help="evaluate on this Pascal VOC folder instead of data.val")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    _add_evaluation_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("infer", help="detect objects in images; writes JSON and drawn PNGs")
@@ -217,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True)
     p.add_argument("--dets", required=True)
     p.add_argument("--metric", choices=["coco", "voc07", "voc12"], default="coco")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    _add_evaluation_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train and evaluate the demo recipe on synthetic shapes")

@@ -45,7 +45,7 @@ def _type_name(annotation: Any) -> str:
     if origin is typing.Annotated:
         return _type_name(args[0])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "component (`type:`)"
+        return "component (`type:`)" if hasattr(annotation, "registry_kind") else "section"
     if origin in (typing.Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         text = " or ".join(dict.fromkeys(names))
@@ -95,6 +95,30 @@ def _fields_table(model: type[BaseModel], skip: tuple[str, ...] = ("type",)) -> 
     return rows if len(rows) > 2 else ["(no parameters)"]
 
 
+def _plain_section(annotation: Any) -> type[BaseModel] | None:
+    """The model of a fixed (non-component) sub-section such as ``train.ema``, if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        while typing.get_origin(candidate) is typing.Annotated:
+            candidate = typing.get_args(candidate)[0]
+        if (
+            isinstance(candidate, type)
+            and issubclass(candidate, BaseModel)
+            and not hasattr(candidate, "registry_kind")
+        ):
+            return candidate
+    return None
+
+
+def _section(path: str, model: type[BaseModel]) -> list[str]:
+    """A section's table, then one table per nested fixed sub-section."""
+    lines = [f"#### `{path}`", *_fields_table(model), ""]
+    for name, field in model.model_fields.items():
+        nested = _plain_section(field.annotation)
+        if nested is not None:
+            lines += _section(f"{path}.{name}", nested)
+    return lines
+
+
 def reference_markdown() -> str:
     root = root_model()
     lines = [
@@ -104,8 +128,8 @@ def reference_markdown() -> str:
         *_fields_table(root, skip=("model", "data", "optim", "schedule", "train", "eval")),
         "",
     ]
-    for title in ("data", "train", "eval"):
-        lines += [f"#### `{title}`", *_fields_table(root.model_fields[title].annotation), ""]
+    for title in ("data", "schedule", "train", "eval"):
+        lines += _section(title, root.model_fields[title].annotation)
     for section, kind in SECTION_KINDS.items():
         lines += [
             f"#### `{section}` — `type:` one of {', '.join(f'`{n}`' for n in REGISTRIES[kind].names())}",

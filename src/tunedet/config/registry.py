@@ -28,6 +28,7 @@ KINDS = (
     "head",
     "anchor_generator",
     "assigner",
+    "sampler",
     "box_coder",
     "cls_loss",
     "box_loss",

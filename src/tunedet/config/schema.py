@@ -33,6 +33,7 @@ def _import_components() -> None:
     import tunedet.engine  # noqa: F401
     import tunedet.losses  # noqa: F401
     import tunedet.models  # noqa: F401
+    import tunedet.samplers  # noqa: F401
 
 
 def _signature_fields(target: Any, skip: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
@@ -97,6 +98,37 @@ class DataConfig(Section):
 class ScheduleConfig(Section):
     warmup: Any = None
     policy: Any = None
+    # Detectron's SCALE_MOMENTUM: momentum velocity rescaled only on lr changes by a ratio
+    # above the threshold (torch's SGD otherwise does it on every change); see
+    # engine/lr_schedule.py MomentumCorrection.
+    scale_momentum: bool = False
+    scale_momentum_threshold: Annotated[float, Field(ge=1)] = 1.1
+
+
+class EMAConfig(Section):
+    """EMA of the weights, used for evaluation: decay·(1 − exp(−updates/tau)) per step."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.9998
+    tau: Annotated[float, Field(gt=0)] = 2000.0
+
+
+class EarlyStopConfig(Section):
+    """Stop after ``patience`` evaluations without an improvement of ``metric``."""
+
+    metric: str = "AP50"
+    patience: Annotated[int, Field(ge=1)] = 5
+    mode: Literal["max", "min"] = "max"
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class DistillConfig(Section):
+    """Distil a teacher detector's classification outputs into the student."""
+
+    teacher_config: str
+    teacher_checkpoint: str
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    form: Literal["sigmoid", "softmax"] = "sigmoid"
 
 
 class TrainConfig(Section):
@@ -111,6 +143,12 @@ class TrainConfig(Section):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     resume: bool = True
     progress: bool = True
+    accumulate: Annotated[int, Field(ge=1)] = 1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema: EMAConfig | None = None
+    early_stop: EarlyStopConfig | None = None
+    distill: DistillConfig | None = None
+    log_lr_change: Annotated[float, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
@@ -118,6 +156,8 @@ class TrainConfig(Section):
             raise ValueError("set one of train.max_iters, train.epochs or train.max_minutes")
         if self.max_iters is not None and self.epochs is not None:
             raise ValueError("set train.max_iters or train.epochs, not both")
+        if self.early_stop is not None and not self.eval_every:
+            raise ValueError("train.early_stop counts evaluations: set train.eval_every > 0")
         return self
 
 

@@ -5,12 +5,16 @@ stepped and nothing is stored: resuming needs only the iteration number, and any
 policy can be plotted by evaluating ``factor`` on a range of iterations.
 
 Main policies (``lr_policy`` registry) receive ``max_iters`` from the builder;
-warmups (``warmup`` registry) return 1 at and after ``iters``.
+warmups (``warmup`` registry) return 1 at and after ``iters``, except ``gradual``,
+which ends at its ``multiplier`` and hands over to the main policy: the policy's
+clock starts at the end of that warmup (``policy_offset``). A policy may also
+define ``momentum(it)`` (one-cycle); the schedule then sets the optimizer's
+momentum (or Adam's beta1) as well.
 """
 
 import bisect
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -206,6 +210,116 @@ class ExpLR:
         return self.decay_rate**exponent
 
 
+@register("lr_policy", "cosine_restarts", injected=("max_iters",))
+class CosineRestartsLR:
+    """Cosine with warm restarts (SGDR, Loshchilov & Hutter 2017).
+
+    Cycle ``i`` lasts ``period·period_mult^i`` iterations; inside it, at position ``t`` of
+    length ``L``, the factor is ``restart_decay^i·((1 - alpha)·0.5(1 + cos(π t/L)) + alpha)``.
+    ``period`` defaults to the run's ``max_iters`` (one cycle: plain cosine).
+    """
+
+    def __init__(
+        self,
+        period: PositiveInt | None = None,
+        period_mult: Annotated[float, Field(ge=1)] = 1.0,
+        restart_decay: Annotated[float, Field(gt=0, le=1)] = 1.0,
+        alpha: Fraction = 0.0,
+        max_iters: int | None = None,
+    ):
+        period = period if period is not None else max_iters
+        if period is None or period <= 0:
+            raise ValueError(f"cosine_restarts: period (or max_iters) must be > 0, got {period}")
+        if period_mult < 1:
+            raise ValueError(f"cosine_restarts: period_mult must be >= 1, got {period_mult}")
+        self.period = period
+        self.period_mult = period_mult
+        self.restart_decay = restart_decay
+        self.alpha = alpha
+        self.max_iters = max_iters
+
+    def cycle(self, it: int) -> tuple[int, float, float]:
+        """``(cycle index, position in the cycle, cycle length)`` of iteration ``it``."""
+        if self.period_mult == 1:
+            index, t = divmod(it, self.period)
+            return index, float(t), float(self.period)
+        index, start, length = 0, 0.0, float(self.period)
+        while it >= start + length:
+            start, length, index = start + length, length * self.period_mult, index + 1
+        return index, it - start, length
+
+    def factor(self, it: int) -> float:
+        index, t, length = self.cycle(it)
+        c = 0.5 * (1.0 + math.cos(math.pi * t / length))
+        return self.restart_decay**index * ((1.0 - self.alpha) * c + self.alpha)
+
+
+@register("lr_policy", "onecycle", injected=("max_iters",))
+class OneCycleLR:
+    """One-cycle (Smith 2018): lr up to base then far down, momentum the opposite way.
+
+    The lr rises from ``base/div_factor`` to ``base`` and falls to
+    ``base/(div_factor·final_div_factor)``. The rise lasts ``pct_start·total_iters`` iterations, the fall the rest, each annealed
+    by ``anneal`` (cosine or linear). ``total_iters`` defaults to ``max_iters``. With
+    ``cycle_momentum`` the momentum (SGD) or beta1 (Adam family) goes from
+    ``max_momentum`` down to ``base_momentum`` at the peak lr and back up.
+    """
+
+    def __init__(
+        self,
+        pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3,
+        div_factor: Annotated[float, Field(ge=1)] = 25.0,
+        final_div_factor: Annotated[float, Field(ge=1)] = 1e4,
+        anneal: Literal["cos", "linear"] = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: Fraction = 0.85,
+        max_momentum: Fraction = 0.95,
+        total_iters: PositiveInt | None = None,
+        max_iters: int | None = None,
+    ):
+        total_iters = total_iters if total_iters is not None else max_iters
+        if total_iters is None or total_iters <= 1:
+            raise ValueError(f"onecycle: total_iters (or max_iters) must be > 1, got {total_iters}")
+        if not 0 < pct_start < 1:
+            raise ValueError(f"onecycle: pct_start must lie in (0, 1), got {pct_start}")
+        self.pct_start = pct_start
+        self.div_factor = div_factor
+        self.final_div_factor = final_div_factor
+        self.anneal = anneal
+        self.cycle_momentum = cycle_momentum
+        self.base_momentum = base_momentum
+        self.max_momentum = max_momentum
+        self.total_iters = total_iters
+        self.max_iters = max_iters
+        self.peak_iter = max(1, round(pct_start * total_iters))
+
+    def _interp(self, start: float, end: float, frac: float) -> float:
+        frac = min(max(frac, 0.0), 1.0)
+        if self.anneal == "cos":
+            return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return start + (end - start) * frac
+
+    def _phase(self, it: int) -> tuple[bool, float]:
+        if it < self.peak_iter:
+            return True, it / self.peak_iter
+        return False, (it - self.peak_iter) / (self.total_iters - self.peak_iter)
+
+    def factor(self, it: int) -> float:
+        initial = 1.0 / self.div_factor
+        rising, frac = self._phase(it)
+        if rising:
+            return self._interp(initial, 1.0, frac)
+        return self._interp(1.0, initial / self.final_div_factor, frac)
+
+    def momentum(self, it: int) -> float | None:
+        if not self.cycle_momentum:
+            return None
+        rising, frac = self._phase(it)
+        if rising:
+            return self._interp(self.max_momentum, self.base_momentum, frac)
+        return self._interp(self.base_momentum, self.max_momentum, frac)
+
+
 # ---------------------------------------------------------------------- warmups
 
 
@@ -259,32 +373,148 @@ class ExpWarmup:
         return self.start_factor ** (1.0 - it / self.iters)
 
 
+@register("warmup", "gradual")
+class GradualWarmup:
+    """Gradual warmup with a multiplier (Goyal et al.; seed 004's GradualWarmupScheduler).
+
+    The factor goes linearly from 1 to ``multiplier`` over ``iters`` (from 0 to 1 when
+    ``multiplier == 1``) and stays at ``multiplier`` after: the main policy then runs on
+    ``base_lr·multiplier`` with its clock starting at ``iters`` (``policy_offset``).
+    """
+
+    def __init__(
+        self, iters: NonNegativeInt = 500, multiplier: Annotated[float, Field(ge=1)] = 1.0
+    ):
+        if multiplier < 1:
+            raise ValueError(f"gradual warmup: multiplier must be >= 1, got {multiplier}")
+        self.iters = iters
+        self.multiplier = multiplier
+        self.policy_offset = iters
+
+    def factor(self, it: int) -> float:
+        if it >= self.iters:
+            return self.multiplier
+        if self.multiplier == 1:
+            return it / self.iters
+        return 1.0 + (self.multiplier - 1.0) * it / self.iters
+
+
 # --------------------------------------------------------------------- schedule
 
 
 class LRSchedule:
-    """``lr_at(it) = base_lr · warmup.factor(it) · policy.factor(it)``; holds no state."""
+    """``lr_at(it) = base_lr · warmup.factor(it) · policy.factor(it - offset)``; holds no state.
+
+    ``offset`` is the warmup's ``policy_offset`` (0 except for ``gradual``), clamped so the
+    policy sees iteration 0 during such a warmup.
+    """
 
     def __init__(self, base_lr: float, policy: Any, warmup: Any | None = None):
         self.base_lr = float(base_lr)
         self.policy = policy
         self.warmup = warmup if warmup is not None else NoWarmup()
+        self.offset = int(getattr(self.warmup, "policy_offset", 0))
 
     def lr_at(self, it: int) -> float:
-        return self.base_lr * self.warmup.factor(it) * self.policy.factor(it)
+        return self.base_lr * self.warmup.factor(it) * self.policy.factor(max(0, it - self.offset))
+
+    def momentum_at(self, it: int) -> float | None:
+        """The policy's momentum at ``it`` (one-cycle), or None when it does not set one."""
+        momentum = getattr(self.policy, "momentum", None)
+        return momentum(max(0, it - self.offset)) if momentum is not None else None
 
     def apply(self, optimizer: torch.optim.Optimizer, it: int) -> float:
-        """Set every param group's lr to ``lr_at(it) · group["lr_mult"]`` (default 1); returns lr_at(it)."""
+        """Set every param group's lr to ``lr_at(it) · group["lr_mult"]`` (default 1), and its
+        momentum (or beta1) when the policy cycles momentum; returns lr_at(it)."""
         lr = self.lr_at(it)
+        momentum = self.momentum_at(it)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
+            if momentum is None:
+                continue
+            if "betas" in group:
+                group["betas"] = (momentum, *tuple(group["betas"])[1:])
+            elif "momentum" in group:
+                group["momentum"] = momentum
         return lr
+
+
+def policy_max_iters(warmup: Any, max_iters: int | None) -> int | None:
+    """The main policy's length: ``max_iters`` minus a handing-over warmup's iterations."""
+    offset = int(getattr(warmup, "policy_offset", 0))
+    if max_iters is None or offset == 0:
+        return max_iters
+    return max(1, max_iters - offset)
 
 
 def build_lr_schedule(
     base_lr: float, policy: Any, warmup: Any | None, max_iters: int | None
 ) -> LRSchedule:
     """An ``LRSchedule`` from validated ``lr_policy`` and ``warmup`` specs (``{"type": ...}``)."""
-    policy_obj = build("lr_policy", policy, max_iters=max_iters, base_lr=base_lr)
     warmup_obj = build("warmup", warmup) if warmup is not None else NoWarmup()
+    policy_obj = build(
+        "lr_policy", policy, max_iters=policy_max_iters(warmup_obj, max_iters), base_lr=base_lr
+    )
     return LRSchedule(base_lr, policy_obj, warmup_obj)
+
+
+# ------------------------------------------------------------- momentum and logging
+
+
+def scale_momentum_buffers(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every SGD-style ``momentum_buffer`` of ``optimizer`` by ``factor``."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(factor)
+
+
+class MomentumCorrection:
+    """Detectron's SCALE_MOMENTUM, in torch's parametrisation of momentum SGD.
+
+    Detectron (Caffe2) keeps the velocity with the lr inside, ``v = m·v + lr·g; w -= v``,
+    and rescales ``v`` by ``new_lr/old_lr`` only when the lr changes by a ratio above
+    ``threshold`` (a small change leaves the old lr in the velocity). torch keeps
+    ``b = m·b + g; w -= lr·b``, i.e. ``v = lr·b``: the velocity is rescaled at *every*
+    change. To behave as Detectron, the lr changes at or below ``threshold`` are
+    un-corrected here by scaling ``b`` by ``old_lr/new_lr``; large ones are left to torch.
+    Stateless: the previous lr is ``schedule.lr_at(it - 1)``.
+    """
+
+    def __init__(self, threshold: float = 1.1):
+        if threshold < 1:
+            raise ValueError(f"momentum correction threshold must be >= 1, got {threshold}")
+        self.threshold = threshold
+
+    def apply(self, optimizer: torch.optim.Optimizer, old_lr: float, new_lr: float) -> bool:
+        """Adjust the buffers for a change ``old_lr -> new_lr``; True if the change counted
+        as large (velocity scaled by ``new_lr/old_lr``, as Detectron does)."""
+        if old_lr <= 1e-12 or new_lr <= 1e-12 or old_lr == new_lr:
+            return False
+        ratio = max(new_lr / old_lr, old_lr / new_lr)
+        if ratio > self.threshold:
+            return True
+        scale_momentum_buffers(optimizer, old_lr / new_lr)
+        return False
+
+
+class LRChangeLog:
+    """Decides when an lr is worth a log line: on the first call and when it differs from
+    the last logged value by a relative change above ``threshold`` (Detectron logged lr
+    changes by a ratio above 1.1 only)."""
+
+    def __init__(self, threshold: float = 0.1):
+        if threshold < 0:
+            raise ValueError(f"lr log threshold must be >= 0, got {threshold}")
+        self.threshold = threshold
+        self.last: float | None = None
+
+    def changed(self, lr: float) -> bool:
+        """True (and remember ``lr``) when ``lr`` should be logged."""
+        if self.last is not None:
+            reference = max(abs(self.last), 1e-12)
+            if abs(lr - self.last) / reference <= self.threshold:
+                return False
+        self.last = lr
+        return True

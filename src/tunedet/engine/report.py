@@ -1,56 +1,27 @@
-"""A small run report: metrics table, loss curves, sample predictions, in ``report.html``.
+"""The run report: ``report.html`` in the run directory, written at the end of every run.
 
-Everything is a local file beside the HTML (no CDN), so it opens offline.
+Sections: validation metrics (table ``id="metrics"``), per-class AP with P/R/F1
+at a score threshold, PR curves and the confusion matrix at IoU 0.5, training
+curves, a grid of validation predictions and the resolved config. Pictures
+are PNG files beside the HTML (``eval/`` holds the evaluation's PNGs and its
+``metrics.json``); nothing is fetched from the network, so it opens offline.
+A small inline script marks ``<body data-images-loaded="true">`` once every
+image has loaded (what the browser test reads).
 """
 
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from tunedet.analysis.curves import plot_run_curves, read_metrics_log
+from tunedet.analysis.draw import draw_detections
 
-from tunedet.analysis.draw import draw_detections  # noqa: E402
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path | None:
-    """Loss terms and learning rate against iteration, from the JSONL log."""
-    train_rows = [r for r in rows if "loss" in r]
-    if not train_rows:
-        return None
-    terms = [
-        k for k in train_rows[0] if k not in ("step", "lr", "time") and not k.startswith("val/")
-    ]
-    steps = [r["step"] for r in train_rows]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for term in terms:
-        ax_loss.plot(steps, [r.get(term, float("nan")) for r in train_rows], label=term)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_yscale("log")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_lr.plot(steps, [r["lr"] for r in train_rows], color="tab:purple")
-    ax_lr.set_xlabel("iteration")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+TILE = 280  # px per image in the prediction grid
 
 
 @torch.no_grad()
@@ -73,58 +44,184 @@ def prediction_grid(
         size_divisor=cfg.data.size_divisor,
     )
     batch = next(iter(loader)).to(trainer.device)
-    trainer.model.eval()
-    predictions = trainer.model.predict(batch.images, batch.image_sizes)
+    model = trainer.eval_model  # the EMA weights when enabled
+    model.eval()
+    predictions = model.predict(batch.images, batch.image_sizes)
+    classes = getattr(dataset, "classes", None)
     tiles = []
     for i, pred in enumerate(predictions):
-        sample = dataset[batch.metas[i]["index"]] if "index" in batch.metas[i] else dataset[i]
-        scale = batch.metas[i]["scale"]
-        image = draw_detections(sample["image"], sample["boxes"], labels=None, width=1)
+        sample = dataset[i]  # the loader reads the dataset in order
+        image = Image.fromarray(sample["image"])
+        # draw on an enlarged image (~TILE px) so that text stays small and boxes sharp
+        zoom = TILE / max(image.size)
+        image = image.resize(
+            (round(image.width * zoom), round(image.height * zoom)),
+            Image.NEAREST if zoom >= 1 else Image.BILINEAR,
+        )
+        image = draw_detections(image, sample["boxes"] * zoom, width=1, colour=(255, 255, 255))
         keep = pred["scores"] >= score_thr
+        factor = zoom / batch.metas[i]["scale"]
         image = draw_detections(
             image,
-            (pred["boxes"][keep] / scale).cpu().tolist(),
+            (pred["boxes"][keep] * factor).cpu().tolist(),
             pred["scores"][keep].cpu().tolist(),
             pred["labels"][keep].cpu().tolist(),
-            getattr(dataset, "classes", None),
+            classes,
         )
         tiles.append(image)
-    size = max(max(t.size) for t in tiles)
+    gap = 4
     cols = min(4, len(tiles))
     rows = (len(tiles) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * size, rows * size), "white")
+    cell_w = max(t.width for t in tiles) + gap
+    cell_h = max(t.height for t in tiles) + gap
+    grid = Image.new("RGB", (cols * cell_w - gap, rows * cell_h - gap), "white")
     for i, tile in enumerate(tiles):
-        grid.paste(tile, ((i % cols) * size, (i // cols) * size))
-    scale_up = max(1, 512 // size)
-    grid = grid.resize((grid.width * scale_up, grid.height * scale_up), Image.NEAREST)
+        grid.paste(tile, ((i % cols) * cell_w, (i // cols) * cell_h))
     grid.save(out)
     return out
 
 
-def write_report(trainer: Any, metrics: dict[str, float]) -> Path:
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value or value == -1.0:  # NaN, or COCO's -1: nothing to measure
+            return "n/a"
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _figure(src: str, alt: str, caption: str) -> str:
+    return (
+        f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+IMAGES_LOADED_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.every(function (im) { return im.complete && im.naturalWidth > 0; });
+  document.body.setAttribute("data-images-loaded", ok ? "true" : "false");
+  document.body.setAttribute("data-image-count", String(images.length));
+});
+</script>"""
+
+
+def evaluation_section(trainer: Any, run_dir: Path, score_thr: float) -> str:
+    """Per-class table, PR curves and confusion matrix of the validation set (IoU 0.5)."""
+    from tunedet.evaluation import evaluation_summary, write_evaluation
+
+    dataset = trainer.val_set
+    summary = evaluation_summary(
+        dataset.coco_ground_truth(), trainer.predict(dataset), score_thr=score_thr
+    )
+    paths = write_evaluation(summary, run_dir / "eval")
+    det = summary["detection"]
+    rows = [
+        [
+            name,
+            summary["per_class_ap"].get(name, float("nan")),
+            summary["per_class_ap50"].get(name, float("nan")),
+            m["precision"],
+            m["recall"],
+            m["f1"],
+            m["npos"],
+            m["tp"],
+            m["fp"],
+            m["fppi"],
+        ]
+        for name, m in [*det["per_class"].items(), ("all", det["all"])]
+    ]
+    rows[-1][1:3] = [summary["coco"]["AP"], summary["coco"]["AP50"]]
+    header = ["class", "AP", "AP50", "P", "R", "F1", "GT", "TP", "FP", "FPPI"]
+    return (
+        "<h2>Per-class results</h2>"
+        f"<p>AP: COCO AP@[.50:.95]; AP50 at IoU 0.5. P, R, F1, TP, FP and false positives "
+        f"per image (FPPI) count the detections scoring &ge; {score_thr:g} matched at IoU 0.5; "
+        "the last row pools all classes.</p>"
+        + _table(header, rows, "per-class")
+        + "<h2>Precision-recall curves and confusion matrix</h2>"
+        + _figure(
+            f"eval/{paths['pr_curves'].name}",
+            "PR curves",
+            "Interpolated precision vs recall at IoU 0.5, per class and their mean "
+            "(the area under each curve is its AP50).",
+        )
+        + _figure(
+            f"eval/{paths['confusion_matrix'].name}",
+            "confusion matrix",
+            f"Rows: true class, columns: predicted class, at score \u2265 {score_thr:g} and "
+            "IoU \u2265 0.5; the background row counts false positives, the background "
+            "column missed objects. All numbers: eval/metrics.json.",
+        )
+    )
+
+
+def write_report(trainer: Any, metrics: dict[str, float], score_thr: float = 0.5) -> Path:
+    """Write ``report.html`` (and its PNGs) in ``trainer.run_dir``; returns its path.
+
+    ``metrics`` are the final validation metrics (``Trainer.train``'s return).
+    """
     run_dir = Path(trainer.run_dir)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    curves = plot_training_curves(rows, run_dir / "curves.png")
-    grid = prediction_grid(trainer, run_dir / "predictions.png")
-    table = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in metrics.items()
-    )
-    config = html.escape((run_dir / "config.yaml").read_text())
-    images = "".join(
-        f'<h2>{title}</h2><img src="{path.name}" alt="{title}">'
-        for title, path in (("Training curves", curves), ("Validation predictions", grid))
-        if path is not None
-    )
+    sections = []
+    numeric = [[k, float(v)] for k, v in metrics.items() if isinstance(v, int | float)]
+    if numeric:
+        sections.append(
+            "<h2>Validation metrics</h2>" + _table(["metric", "value"], numeric, "metrics")
+        )
+    else:
+        sections.append(
+            '<h2>Validation metrics</h2><table id="metrics"><tr><td>no validation set</td></tr>'
+            "</table>"
+        )
+    if trainer.val_set is not None and len(trainer.val_set):
+        sections.append(evaluation_section(trainer, run_dir, score_thr))
+    curves = plot_run_curves(read_metrics_log(run_dir / "metrics.jsonl"), run_dir / "curves.png")
+    if curves is not None:
+        sections.append(
+            "<h2>Training curves</h2>"
+            + _figure(
+                curves.name,
+                "training curves",
+                "Loss terms, learning rate and "
+                "validation metrics against iteration (from metrics.jsonl).",
+            )  # fmt: skip
+        )
+    grid = prediction_grid(trainer, run_dir / "predictions.png", score_thr=0.3)
+    if grid is not None:
+        sections.append(
+            "<h2>Validation predictions</h2>"
+            + _figure(
+                grid.name,
+                "validation predictions",
+                "Ground truth: thin white boxes; "
+                "predictions scoring \u2265 0.3: coloured boxes with class and score.",
+            )  # fmt: skip
+        )
+    config_file = run_dir / "config.yaml"
+    config = html.escape(config_file.read_text()) if config_file.is_file() else ""
+    title = f"tunedet run {run_dir.name}"
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>tunedet run {html.escape(run_dir.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
-table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:2px 8px}}
-img{{max-width:100%;border:1px solid #ddd}}pre{{background:#f6f6f6;padding:1em}}</style></head>
-<body><h1>tunedet run: {html.escape(str(run_dir))}</h1>
-<p>{trainer.iteration} iterations of {html.escape(trainer.cfg.model.type)}.</p>
-<h2>Validation metrics</h2><table id="metrics">{table}</table>
-{images}
-<h2>Resolved config</h2><pre>{config}</pre></body></html>
+table{{border-collapse:collapse;margin-bottom:1em}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}th{{background:#f0f0f0}}
+figure{{margin:1em 0}}figcaption{{color:#555;font-size:90%}}
+img{{max-width:100%;border:1px solid #ddd}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}
+</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>{html.escape(str(run_dir))}: {trainer.iteration} iterations of
+{html.escape(trainer.cfg.model.type)}.</p>
+{"".join(sections)}
+<h2>Resolved config</h2><pre>{config}</pre>
+{IMAGES_LOADED_SCRIPT}
+</body></html>
 """
     out = run_dir / "report.html"
     out.write_text(page)

@@ -1,15 +1,24 @@
 """The training loop: a small trainer that ties the engine's parts together.
 
-Iteration-based. Every ``ckpt_every`` iterations it writes an atomic
-checkpoint (model, optimizer, iteration, RNG state); a re-run of the same
-config in the same ``work_dir`` resumes from the latest one and continues
-exactly: the batch order is a pure function of ``(seed, epoch)`` and each
-sample's augmentation of ``(seed, epoch, index)``.
+Iteration-based; one iteration is one optimizer step over ``train.accumulate``
+batches (each loss divided by ``accumulate``, so the gradient is the mean over the
+effective batch ``batch_size · accumulate`` when the loss is a per-image mean).
+Every ``ckpt_every`` iterations it writes an atomic checkpoint (model, optimizer,
+EMA, loss scaler, early-stopping state, iteration, RNG state); a re-run of the same
+config in the same ``work_dir`` resumes from the latest one and continues exactly:
+the batch order is a pure function of ``(seed, epoch)`` and each sample's
+augmentation of ``(seed, epoch, index)``.
+
+Optional parts, each in its own module: the LR schedule and Detectron's momentum
+correction (``lr_schedule``), EMA of the weights used for evaluation (``ema``),
+mixed precision (``amp``), distillation from a frozen teacher (``distill``),
+early stopping on the validation metric (counted in evaluations).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -17,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -24,6 +34,7 @@ from tunedet.config.loader import config_to_yaml
 from tunedet.config.registry import build
 from tunedet.data.build import build_dataset, build_loader
 from tunedet.data.samplers import EpochBatchSampler
+from tunedet.engine.amp import autocast, check_amp, grad_scaler, model_device
 from tunedet.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -32,10 +43,17 @@ from tunedet.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from tunedet.engine.distill import Distiller, build_teacher
+from tunedet.engine.ema import ModelEMA
 from tunedet.engine.finite_guard import NonFiniteLossError, check_finite_loss, is_finite_loss
-from tunedet.engine.lr_schedule import LRSchedule
+from tunedet.engine.lr_schedule import (
+    LRChangeLog,
+    LRSchedule,
+    MomentumCorrection,
+    policy_max_iters,
+)
 from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardLogger
-from tunedet.engine.optim import build_optimizer, clip_gradients
+from tunedet.engine.optim import apply_l1_penalty, build_optimizer, clip_gradients
 from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
 from tunedet.models import build_detector
 
@@ -59,6 +77,64 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def schedule_from_config(cfg: Any, base_lr: float, max_iters: int) -> LRSchedule:
+    """The run's ``LRSchedule`` (``schedule.warmup`` × ``schedule.policy``) over ``max_iters``."""
+    warmup = build("warmup", cfg.schedule.warmup.model_dump(), max_iters=max_iters)
+    policy = build(
+        "lr_policy",
+        cfg.schedule.policy.model_dump(),
+        max_iters=policy_max_iters(warmup, max_iters),
+        base_lr=base_lr,
+    )
+    return LRSchedule(base_lr, policy, warmup)
+
+
+class EarlyStopping:
+    """Counts evaluations without an improvement of one metric; ``stopped`` after ``patience``."""
+
+    def __init__(self, metric: str, patience: int, mode: str = "max", min_delta: float = 0.0):
+        self.metric = metric
+        self.patience = patience
+        self.mode = mode
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.best_iteration: int | None = None
+        self.bad_evals = 0
+        self.stopped = False
+
+    def update(self, metrics: dict[str, float], iteration: int) -> bool:
+        """Record one evaluation; True when training should stop."""
+        if self.metric not in metrics:
+            raise KeyError(
+                f"train.early_stop.metric '{self.metric}' is not an evaluation metric "
+                f"(available: {', '.join(sorted(metrics))})"
+            )
+        value = float(metrics[self.metric])
+        sign = 1.0 if self.mode == "max" else -1.0
+        if math.isfinite(value) and (
+            self.best is None or sign * (value - self.best) > self.min_delta
+        ):
+            self.best, self.best_iteration, self.bad_evals = value, iteration, 0
+        else:
+            self.bad_evals += 1
+        self.stopped = self.bad_evals >= self.patience
+        return self.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_iteration": self.best_iteration,
+            "bad_evals": self.bad_evals,
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.best_iteration = state["best_iteration"]
+        self.bad_evals = int(state["bad_evals"])
+        self.stopped = bool(state["stopped"])
+
+
 class Trainer:
     """Train one experiment config in ``run_dir``."""
 
@@ -71,17 +147,44 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
+        train = cfg.train
 
         self.train_set = build_dataset(cfg.data.train)
         self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
         self.model = build_detector(cfg.model.model_dump()).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim.model_dump())
-        self.base_lr = cfg.optim.lr
-        self.iters_per_epoch = max(1, len(self.train_set) // cfg.data.batch_size)
-        if cfg.train.max_iters is not None:
-            self.max_iters = cfg.train.max_iters
-        elif cfg.train.epochs is not None:
-            self.max_iters = cfg.train.epochs * self.iters_per_epoch
+        self.amp_device = model_device(self.model)
+        check_amp(train.amp, self.amp_device)
+        self.scaler = grad_scaler(train.amp, self.amp_device)
+        self.accumulate = train.accumulate
+        self.optimizer = build_optimizer(
+            self.model, cfg.optim.model_dump(), batch_size=cfg.data.batch_size * self.accumulate
+        )
+        self.base_lr = float(self.optimizer.defaults["lr"])  # after the linear scaling rule
+        self.ema = (
+            ModelEMA(self.model, train.ema.decay, train.ema.tau) if train.ema is not None else None
+        )
+        self.early_stop = (
+            EarlyStopping(**train.early_stop.model_dump()) if train.early_stop is not None else None
+        )
+        self.distiller = None
+        if train.distill is not None:
+            d = train.distill
+            teacher = build_teacher(d.teacher_config, d.teacher_checkpoint, self.device)
+            self.distiller = Distiller(teacher, d.temperature, d.weight, d.form)
+            self.distiller.attach(self.model)
+        self.momentum_correction = (
+            MomentumCorrection(cfg.schedule.scale_momentum_threshold)
+            if cfg.schedule.scale_momentum
+            else None
+        )
+        self.lr_log = LRChangeLog(train.log_lr_change) if train.log_lr_change is not None else None
+
+        self.batches_per_epoch = max(1, len(self.train_set) // cfg.data.batch_size)
+        self.iters_per_epoch = max(1, self.batches_per_epoch // self.accumulate)
+        if train.max_iters is not None:
+            self.max_iters = train.max_iters
+        elif train.epochs is not None:
+            self.max_iters = max(1, train.epochs * self.batches_per_epoch // self.accumulate)
         else:
             self.max_iters = 10**9  # wall-time budget only: re-planned after the first iterations
         self.schedule = self._build_schedule()
@@ -90,15 +193,17 @@ class Trainer:
         self.last_checkpoint: str | None = None
 
     def _build_schedule(self) -> LRSchedule:
-        schedule = self.cfg.schedule
-        policy = build("lr_policy", schedule.policy.model_dump(), max_iters=self.max_iters)
-        warmup = build("warmup", schedule.warmup.model_dump(), max_iters=self.max_iters)
-        return LRSchedule(self.base_lr, policy, warmup)
+        return schedule_from_config(self.cfg, self.base_lr, self.max_iters)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate: the EMA of the weights when enabled, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     # --- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "iteration": self.iteration,
             "max_iters": self.max_iters,
             "model": self.model.state_dict(),
@@ -106,6 +211,13 @@ class Trainer:
             "rng": rng_state(),
             "config": config_to_yaml(self.cfg),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.early_stop is not None:
+            state["early_stop"] = self.early_stop.state_dict()
+        return state
 
     def save(self) -> Path:
         path = self.ckpt_dir / f"iter_{self.iteration:07d}.pt"
@@ -123,6 +235,15 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # EMA switched on for a run that had none: start it from the weights
+                self.ema = ModelEMA(self.model, self.ema.decay, self.ema.tau)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.early_stop is not None and "early_stop" in state:
+            self.early_stop.load_state_dict(state["early_stop"])
         self.iteration = int(state["iteration"])
         time_budget = self.cfg.train.max_iters is None and self.cfg.train.epochs is None
         if time_budget and int(state.get("max_iters", self.max_iters)) != self.max_iters:
@@ -136,7 +257,7 @@ class Trainer:
     # --- loop ----------------------------------------------------------------------------
 
     def _train_loader(self) -> DataLoader:
-        epoch, batch = divmod(self.iteration, self.iters_per_epoch)
+        epoch, batch = divmod(self.iteration * self.accumulate, self.batches_per_epoch)
         sampler = EpochBatchSampler(
             len(self.train_set),
             self.cfg.data.batch_size,
@@ -153,6 +274,58 @@ class Trainer:
             size_divisor=self.cfg.data.size_divisor,
         )
 
+    def _set_lr(self) -> float:
+        """Apply the schedule for this iteration (and the momentum correction); returns lr."""
+        lr = self.schedule.apply(self.optimizer, self.iteration)
+        if self.momentum_correction is not None and self.iteration > 0:
+            previous = self.schedule.lr_at(self.iteration - 1)
+            self.momentum_correction.apply(self.optimizer, previous, lr)
+        if self.lr_log is not None and self.lr_log.changed(lr):
+            self.log(f"iteration {self.iteration}: lr {lr:.6g}")
+        return lr
+
+    def _micro_losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        with autocast(self.cfg.train.amp, self.amp_device):
+            losses = self.model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
+            if self.distiller is not None:
+                losses = {**losses, "distill": self.distiller.loss(batch.images)}
+        return losses
+
+    def _step(self, loader: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """One optimizer step over ``accumulate`` batches; returns the mean loss terms and
+        total, or None when a non-finite loss made the step be skipped."""
+        cfg = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for _ in range(self.accumulate):
+            batch = next(loader).to(self.device)
+            losses = self._micro_losses(batch)
+            total = sum(losses.values())
+            if not (is_finite_loss(losses) and torch.isfinite(total)):
+                if cfg.on_nonfinite == "stop":
+                    check_finite_loss(
+                        {**losses, "total": total}, self.iteration, self.last_checkpoint
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            scaled = total / self.accumulate
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + value.detach() / self.accumulate
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        apply_l1_penalty(self.optimizer)
+        if cfg.grad_clip is not None:
+            clip_gradients(self.model, cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return sums, sum(sums.values())
+
     def train(self) -> dict[str, float]:
         cfg = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +336,7 @@ class Trainer:
             [JSONLLogger(self.run_dir / "metrics.jsonl"), TensorBoardLogger(self.run_dir / "tb")]
         )
         metrics: dict[str, float] = {}
+        evaluated_at: int | None = None
         start = time.monotonic()
         start_iter = self.iteration
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -175,50 +349,51 @@ class Trainer:
         )
         self.model.train()
         loader = iter(self._train_loader())
+        stopping = self.early_stop is not None and self.early_stop.stopped
         try:
-            while self.iteration < self.max_iters:
+            while self.iteration < self.max_iters and not stopping:
                 if budget is not None and self._out_of_time(start, start_iter, budget, bar):
                     break
-                batch = next(loader).to(self.device)
-                lr = self.schedule.apply(self.optimizer, self.iteration)
-                losses = self.model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
-                total = sum(losses.values())
-                if not (is_finite_loss(losses) and torch.isfinite(total)):
-                    if cfg.on_nonfinite == "stop":
-                        check_finite_loss(
-                            {**losses, "total": total}, self.iteration, self.last_checkpoint
-                        )
+                lr = self._set_lr()
+                result = self._step(loader)
+                if result is None:
                     self.skipped_steps += 1
                     self.log(f"skipped iteration {self.iteration}: non-finite loss")
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    total.backward()
-                    if cfg.grad_clip is not None:
-                        clip_gradients(self.model, cfg.grad_clip)
-                    self.optimizer.step()
                 self.iteration += 1
                 bar.update(1)
-                if self.iteration % cfg.log_every == 0 or self.iteration == self.max_iters:
-                    row = {k: float(v.detach()) for k, v in losses.items()}
-                    row.update(loss=float(total.detach()), lr=lr, time=time.monotonic() - start)
+                if result is not None and (
+                    self.iteration % cfg.log_every == 0 or self.iteration == self.max_iters
+                ):
+                    losses, total = result
+                    row = {k: float(v) for k, v in losses.items()}
+                    row.update(loss=float(total), lr=lr, time=time.monotonic() - start)
                     loggers.log(self.iteration, row)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "time"})
-                if cfg.ckpt_every and self.iteration % cfg.ckpt_every == 0:
-                    self.save()
-                if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.val_set:
+                evaluate_now = cfg.eval_every and self.iteration % cfg.eval_every == 0
+                if evaluate_now and self.val_set:
                     metrics = self.evaluate()
+                    evaluated_at = self.iteration
                     loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
                     self.model.train()
+                    if self.early_stop is not None and self.early_stop.update(
+                        metrics, self.iteration
+                    ):
+                        stopping = True
+                        es = self.early_stop
+                        self.log(
+                            f"early stop at iteration {self.iteration}: no {es.metric} "
+                            f"improvement in {es.patience} evaluations (best {es.best:.4g} "
+                            f"at iteration {es.best_iteration})"
+                        )
+                if cfg.ckpt_every and self.iteration % cfg.ckpt_every == 0:
+                    self.save()
         except NonFiniteLossError:
             bar.close()
             loggers.close()
             raise
         bar.close()
         self.save()
-        if self.val_set is not None and not (
-            cfg.eval_every and self.iteration % cfg.eval_every == 0
-        ):
+        if self.val_set is not None and evaluated_at != self.iteration:
             metrics = self.evaluate()
             loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
         loggers.close()
@@ -240,8 +415,9 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, dataset: Any) -> list[dict[str, Any]]:
-        """COCO-format results for ``dataset`` (boxes in original image pixels)."""
-        return predict_dataset(self.model, dataset, self.cfg, self.device)
+        """COCO-format results for ``dataset`` (boxes in original image pixels), predicted
+        by ``eval_model`` (the EMA weights when enabled)."""
+        return predict_dataset(self.eval_model, dataset, self.cfg, self.device)
 
     def evaluate(self, dataset: Any = None) -> dict[str, float]:
         dataset = dataset or self.val_set

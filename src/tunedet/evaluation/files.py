@@ -1,6 +1,9 @@
 """Evaluate a COCO results file against a COCO ground-truth file.
 
 Backs `tunedet evaluate --gt GT.json --dets DETS.json --metric coco|voc07|voc12`.
+Besides the chosen metric it returns the operating-point metrics of
+`summary.detection_metrics` (P/R/F1, FPPI, precision at recall, PR curves,
+confusion matrix), and COCO segm stats when both files carry masks.
 Every input problem raises `EvaluationInputError` with a one-line message
 that names the file.
 """
@@ -17,6 +20,7 @@ from tunedet.evaluation.coco import (
     run_coco_eval,
     stats_from_eval,
 )
+from tunedet.evaluation.summary import detection_metrics, has_masks
 from tunedet.evaluation.voc import voc_evaluate
 
 METRICS = ("coco", "voc07", "voc12")
@@ -80,14 +84,18 @@ def evaluate_files(
     gt_path: str | Path,
     dets_path: str | Path,
     metric: Literal["coco", "voc07", "voc12"] = "coco",
+    score_thr: float = 0.5,
+    recall: float = 0.9,
 ) -> dict:
     """Evaluate a COCO results JSON file against a COCO GT JSON file.
 
     Returns:
         metric "coco": `{"metric": "coco", "stats": {12 COCO stats},
-        "per_class": {name: AP@[.5:.95]}, "per_class_ap50": {name: AP50}}`;
-        "voc07" / "voc12": `voc_evaluate`'s dict (11-point / all-point AP at
-        IoU 0.5) with `"metric"` added.
+        "per_class": {name: AP@[.5:.95]}, "per_class_ap50": {name: AP50}}`,
+        plus `"segm_stats"` when every GT annotation and result has a
+        `segmentation`; "voc07" / "voc12": `voc_evaluate`'s dict (11-point /
+        all-point AP at IoU 0.5) with `"metric"` added. Both with
+        `"detection": detection_metrics(gt, results, score_thr, recall)`.
     """
     if metric not in METRICS:
         raise EvaluationInputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -101,12 +109,17 @@ def evaluate_files(
     try:
         if metric == "coco":
             evaluator = run_coco_eval(gt, results)
-            return {
+            out = {
                 "metric": metric,
                 "stats": stats_from_eval(evaluator),
                 "per_class": per_class_ap_from_eval(evaluator),
                 "per_class_ap50": per_class_ap_from_eval(evaluator, iou_thr=0.5),
             }
-        return {"metric": metric, **voc_evaluate(gt, results, use_07_metric=metric == "voc07")}
+            if has_masks(gt, results):
+                out["segm_stats"] = stats_from_eval(run_coco_eval(gt, results, iou_type="segm"))
+        else:
+            out = {"metric": metric, **voc_evaluate(gt, results, use_07_metric=metric == "voc07")}
+        out["detection"] = detection_metrics(gt, results, score_thr, recall)
+        return out
     except EvaluationInputError as err:
         raise EvaluationInputError(f"{gt_path} / {dets_path}: {err}") from None

@@ -19,6 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from tunedet.config.registry import register
+from tunedet.losses.label_smoothing import smooth_binary_targets
 from tunedet.losses.reduction import Reduction, reduce_loss
 
 
@@ -60,27 +61,40 @@ class FocalLoss(nn.Module):
     """Sigmoid focal loss, element-wise: ``(logits (N, C), targets (N, C) float) -> (N, C)``.
 
     ``alpha`` weighs positives (``alpha < 0``: no weighting); ``gamma`` down-weights easy
-    examples (``gamma = 0`` is plain BCE).
+    examples (``gamma = 0`` is plain BCE). ``label_smoothing`` ε maps targets
+    ``t → t·(1 − ε) + ε/2`` (see ``losses/label_smoothing.py``).
     """
 
-    def __init__(self, alpha: float = 0.25, gamma: Annotated[float, Field(ge=0)] = 2.0) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.25,
+        gamma: Annotated[float, Field(ge=0)] = 2.0,
+        label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+    ) -> None:
         super().__init__()
         self.alpha = alpha
         self.gamma = gamma
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        targets = smooth_binary_targets(targets, self.label_smoothing)
         return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma, reduction="none")
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}"
+        return f"alpha={self.alpha}, gamma={self.gamma}, label_smoothing={self.label_smoothing}"
 
 
 @register("cls_loss", "bce")
 class BCEWithLogitsLoss(nn.Module):
-    """Binary cross-entropy with logits, element-wise: ``(N, C), (N, C) float -> (N, C)``."""
+    """Binary cross-entropy with logits, element-wise: ``(N, C), (N, C) float -> (N, C)``.
 
-    def __init__(self) -> None:
+    ``label_smoothing`` ε maps targets ``t → t·(1 − ε) + ε/2``.
+    """
+
+    def __init__(self, label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        targets = smooth_binary_targets(targets, self.label_smoothing)
         return bce_with_logits(logits, targets, reduction="none")

@@ -1,7 +1,8 @@
 """IoU-family box losses on decoded xyxy boxes: ``1 − IoU``, ``1 − GIoU``, ``1 − DIoU``,
 ``1 − CIoU`` (see ``tunedet.boxes.iou`` for the formulas; CIoU's α·v term has α detached).
 
-Functional forms take ``pred, target (..., 4)``; the registered classes map
+Functional forms take ``pred, target (..., 4)`` (``weight (...)``, ``reduction``,
+``normalizer`` as in ``reduce_loss``); the registered classes map
 ``(pred (N, 4), target (N, 4)) -> (N,)`` and have ``on_boxes = True``.
 """
 
@@ -15,31 +16,57 @@ from tunedet.losses.reduction import Reduction, reduce_loss
 
 
 def iou_loss(
-    pred: Tensor, target: Tensor, eps: float = 1e-7, reduction: Reduction = "none"
+    pred: Tensor,
+    target: Tensor,
+    eps: float = 1e-7,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """``1 − IoU(pred, target)`` for ``pred, target (..., 4)`` xyxy."""
-    return reduce_loss(1 - aligned_box_iou(pred, target, "iou", eps), reduction)
+    return reduce_loss(1 - aligned_box_iou(pred, target, "iou", eps), reduction, weight, normalizer)
 
 
 def giou_loss(
-    pred: Tensor, target: Tensor, eps: float = 1e-7, reduction: Reduction = "none"
+    pred: Tensor,
+    target: Tensor,
+    eps: float = 1e-7,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """``1 − GIoU(pred, target)`` for ``pred, target (..., 4)`` xyxy; in ``[0, 2]``."""
-    return reduce_loss(1 - aligned_box_iou(pred, target, "giou", eps), reduction)
+    return reduce_loss(
+        1 - aligned_box_iou(pred, target, "giou", eps), reduction, weight, normalizer
+    )
 
 
 def diou_loss(
-    pred: Tensor, target: Tensor, eps: float = 1e-7, reduction: Reduction = "none"
+    pred: Tensor,
+    target: Tensor,
+    eps: float = 1e-7,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """``1 − DIoU(pred, target)`` for ``pred, target (..., 4)`` xyxy."""
-    return reduce_loss(1 - aligned_box_iou(pred, target, "diou", eps), reduction)
+    return reduce_loss(
+        1 - aligned_box_iou(pred, target, "diou", eps), reduction, weight, normalizer
+    )
 
 
 def ciou_loss(
-    pred: Tensor, target: Tensor, eps: float = 1e-7, reduction: Reduction = "none"
+    pred: Tensor,
+    target: Tensor,
+    eps: float = 1e-7,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """``1 − CIoU(pred, target)`` for ``pred, target (..., 4)`` xyxy (``target`` sets the aspect)."""
-    return reduce_loss(1 - aligned_box_iou(pred, target, "ciou", eps), reduction)
+    return reduce_loss(
+        1 - aligned_box_iou(pred, target, "ciou", eps), reduction, weight, normalizer
+    )
 
 
 class _IoUFamilyLoss(nn.Module):

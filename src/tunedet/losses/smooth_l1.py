@@ -1,6 +1,7 @@
 """Coordinate-wise box regression losses on encoded deltas: smooth L1, L1, L2.
 
-The functional forms are element-wise like ``torch.nn.functional``; the registered
+The functional forms are element-wise like ``torch.nn.functional`` (``weight``,
+``reduction``, ``normalizer`` as in ``reduce_loss``); the registered
 classes sum over the 4 coordinates: ``(pred (N, 4), target (N, 4)) -> (N,)``.
 """
 
@@ -17,7 +18,12 @@ from tunedet.losses.reduction import Reduction, reduce_loss
 
 
 def smooth_l1_loss(
-    pred: Tensor, target: Tensor, beta: float = 1.0 / 9, reduction: Reduction = "none"
+    pred: Tensor,
+    target: Tensor,
+    beta: float = 1.0 / 9,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """Smooth L1 (Huber / β): ``0.5·d²/β`` for ``|d| < β``, else ``|d| − 0.5·β``; ``β = 0`` is L1.
 
@@ -25,19 +31,31 @@ def smooth_l1_loss(
     """
     diff = (pred - target).abs()
     if beta <= 0:
-        return reduce_loss(diff, reduction)
+        return reduce_loss(diff, reduction, weight, normalizer)
     loss = torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta)
-    return reduce_loss(loss, reduction)
+    return reduce_loss(loss, reduction, weight, normalizer)
 
 
-def l1_loss(pred: Tensor, target: Tensor, reduction: Reduction = "none") -> Tensor:
+def l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
     """``|pred − target|`` element-wise."""
-    return reduce_loss((pred - target).abs(), reduction)
+    return reduce_loss((pred - target).abs(), reduction, weight, normalizer)
 
 
-def l2_loss(pred: Tensor, target: Tensor, reduction: Reduction = "none") -> Tensor:
+def l2_loss(
+    pred: Tensor,
+    target: Tensor,
+    reduction: Reduction = "none",
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
     """``(pred − target)²`` element-wise."""
-    return reduce_loss((pred - target) ** 2, reduction)
+    return reduce_loss((pred - target) ** 2, reduction, weight, normalizer)
 
 
 @register("box_loss", "smooth_l1")
