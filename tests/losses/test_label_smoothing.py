@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from tunedet.losses.cross_entropy import softmax_cross_entropy
 from tunedet.losses.focal import BCEWithLogitsLoss, FocalLoss, bce_with_logits, sigmoid_focal_loss
 from tunedet.losses.label_smoothing import (
     LabelSmoothingCrossEntropy,
     label_smoothing_targets,
     smooth_binary_targets,
-    soft_cross_entropy,
 )
 
 
@@ -34,11 +34,11 @@ def test_label_smoothing_rejects_bad_eps_or_class_count(eps, k):
         label_smoothing_targets(torch.tensor([0]), k, eps)
 
 
-def test_soft_cross_entropy_matches_float64_reference():
+def test_softmax_cross_entropy_matches_float64_reference():
     torch.manual_seed(0)
     logits = torch.randn(6, 4) * 5
     targets = label_smoothing_targets(torch.randint(0, 4, (6,)), 4, 0.1)
-    got = soft_cross_entropy(logits, targets)
+    got = softmax_cross_entropy(logits, targets)
     for i in range(6):
         row = logits[i].double().tolist()
         norm = math.log(sum(math.exp(x) for x in row))
@@ -46,12 +46,12 @@ def test_soft_cross_entropy_matches_float64_reference():
         assert got[i].item() == pytest.approx(ref, rel=1e-5)
 
 
-def test_soft_cross_entropy_is_finite_for_huge_logits_and_equals_torch_with_hard_labels():
+def test_softmax_cross_entropy_is_finite_for_huge_logits_and_equals_torch_with_hard_labels():
     logits = torch.tensor([[1000.0, -1000.0, 0.0], [-5e4, 5e4, 3.0]])
     labels = torch.tensor([1, 0])
-    got = soft_cross_entropy(logits, label_smoothing_targets(labels, 3, 0.1))
+    got = softmax_cross_entropy(logits, label_smoothing_targets(labels, 3, 0.1))
     assert torch.isfinite(got).all()
-    hard = soft_cross_entropy(logits, torch.nn.functional.one_hot(labels, 3).float())
+    hard = softmax_cross_entropy(logits, torch.nn.functional.one_hot(labels, 3).float())
     torch.testing.assert_close(
         hard, torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     )

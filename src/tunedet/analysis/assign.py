@@ -44,27 +44,24 @@ def positive_anchors(
     Returns per image ``{"anchors": (P, 4) xyxy, "level": (P,), "gt_index": (P,),
     "per_gt_level": (M_i, L) positives of each real GT on each level}``.
     """
-    feats = model.backbone(images)
-    if getattr(model, "neck", None) is not None:
-        feats = model.neck(feats)
-    generator = model.anchor_generator
-    levels = generator.grid_anchors(
-        [tuple(f.shape[-2:]) for f in feats], device=images.device, dtype=torch.float32
-    )
-    anchors = torch.cat(levels)
-    per_level = [len(a) for a in levels]
+    cls_logits, box_deltas, anchors, per_level = model(images)
     level_of = torch.repeat_interleave(
-        torch.arange(len(levels), device=images.device),
+        torch.arange(len(per_level), device=images.device),
         torch.tensor(per_level, device=images.device),
     )
     gt_boxes = gt_boxes.to(anchors)
-    matched = generator_assign(model, anchors, per_level, gt_boxes, gt_labels)
+    if gt_labels.shape[1] == 0:
+        matched = torch.zeros(len(images), len(anchors), dtype=torch.long, device=anchors.device)
+    else:
+        matched = model.assign_targets(
+            cls_logits, box_deltas, anchors, per_level, gt_boxes, gt_labels
+        ).matched
     out = []
     for b in range(len(images)):
         positive = matched[b] > 0
         gt_index = matched[b][positive] - 1
         num_gt = int((gt_labels[b] >= 0).sum())
-        counts = np.zeros((num_gt, len(levels)), dtype=np.int64)
+        counts = np.zeros((num_gt, len(per_level)), dtype=np.int64)
         np.add.at(counts, (gt_index.cpu().numpy(), level_of[positive].cpu().numpy()), 1)
         out.append(
             {
@@ -75,13 +72,6 @@ def positive_anchors(
             }
         )
     return out
-
-
-def generator_assign(model, anchors, per_level, gt_boxes, gt_labels) -> torch.Tensor:
-    """(B, A) matched index of the model's assigner (-1 ignore, 0 background, k GT k-1)."""
-    if gt_labels.shape[1] == 0:
-        return torch.zeros(len(gt_boxes), len(anchors), dtype=torch.long, device=anchors.device)
-    return model.assigner.assign(anchors, per_level, gt_boxes, gt_labels).matched
 
 
 def level_names(strides: tuple[int, ...]) -> list[str]:

@@ -55,17 +55,6 @@ def all_background(num_images: int, num_anchors: int, like: Tensor) -> AssignRes
     )
 
 
-def finish_max_iou(ious: Tensor, matched: Tensor) -> Tensor:
-    """(B, A) IoU with the matched GT where matched ≥ 1, else the best IoU (≥ 0).
-
-    ious: (B, M, A) with padded GT rows set negative; matched: (B, A) long.
-    """
-    best = ious.max(dim=1).values.clamp(min=0)
-    gt_index = (matched - 1).clamp(min=0)
-    with_matched = ious.gather(1, gt_index[:, None, :]).squeeze(1)
-    return torch.where(matched > 0, with_matched, best)
-
-
 def check_levels(anchors: Tensor, num_anchors_per_level: list[int]) -> None:
     """Raise if ``num_anchors_per_level`` does not add up to the number of anchors."""
     if sum(num_anchors_per_level) != anchors.shape[0]:

@@ -56,6 +56,7 @@ def _model_from_checkpoint(cfg, checkpoint: str):
     # A run with EMA is evaluated (and used) with its averaged weights, as in training.
     weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
     load_model_state(model, weights)
+    model.classes = state.get("classes")  # class names, saved by the trainer
     model.eval()
     return model, device
 
@@ -129,6 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    import torch
+
     from tunedet.analysis.draw import draw_detections
     from tunedet.data.build import load_images_for_inference
 
@@ -136,12 +139,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     model, device = _model_from_checkpoint(cfg, args.checkpoint)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = None
+    classes = model.classes
     all_results = []
     for path, batch, image in load_images_for_inference(args.images, cfg):
         batch = batch.to(device)
-        import torch
-
         with torch.no_grad():
             pred = model.predict(batch.images, batch.image_sizes)[0]
         scale = batch.metas[0]["scale"]
@@ -149,7 +150,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         boxes = (pred["boxes"][keep] / scale).cpu().tolist()
         scores = pred["scores"][keep].cpu().tolist()
         labels = pred["labels"][keep].cpu().tolist()
-        all_results.append({"file": str(path), "boxes": boxes, "scores": scores, "labels": labels})
+        result = {"file": str(path), "boxes": boxes, "scores": scores, "labels": labels}
+        if classes:
+            result["names"] = [classes[label] for label in labels]
+        all_results.append(result)
         draw_detections(image, boxes, scores, labels, classes).save(
             out_dir / f"{Path(path).stem}.png"
         )

@@ -28,6 +28,7 @@ SECTION_KINDS = {
     "model.head": "head",
     "model.anchor_generator": "anchor_generator",
     "model.assigner": "assigner",
+    "model.sampler": "sampler",
     "model.box_coder": "box_coder",
     "model.cls_loss": "cls_loss",
     "model.box_loss": "box_loss",

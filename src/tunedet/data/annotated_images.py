@@ -265,7 +265,9 @@ class AnnotatedImageDataset(Dataset):
         if image is None:
             image = load_rgb(record.path, record.file)
         self._cache[record.path] = image
-        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > TILE_CACHE_BYTES:
+        while (
+            len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > TILE_CACHE_BYTES
+        ):
             self._cache.popitem(last=False)
         return image
 

@@ -210,6 +210,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             "config": config_to_yaml(self.cfg),
+            "classes": list(self.train_set.classes),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from tunedet.losses.label_smoothing import soft_cross_entropy
+from tunedet.losses.cross_entropy import softmax_cross_entropy
 from tunedet.losses.reduction import Reduction, reduce_loss
 
 
@@ -71,6 +71,6 @@ def distillation_loss(
         hard = F.one_hot(labels.long(), student_logits.shape[-1]).to(student_logits.dtype)
     else:
         hard = labels.to(student_logits.dtype)
-    ce = soft_cross_entropy(student_logits, hard)
+    ce = softmax_cross_entropy(student_logits, hard)
     soft = softmax_distillation(student_logits, teacher_logits, temperature)
     return reduce_loss(ce + weight * soft, reduction)

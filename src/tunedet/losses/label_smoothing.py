@@ -16,10 +16,9 @@ which is why it is used here rather than the ``ε/(K − 1)`` form (that would g
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tunedet.losses.reduction import Reduction, reduce_loss
+from tunedet.losses.cross_entropy import softmax_cross_entropy
 
 
 def label_smoothing_targets(
@@ -43,16 +42,6 @@ def smooth_binary_targets(targets: Tensor, eps: float) -> Tensor:
     return targets * (1.0 - eps) + 0.5 * eps
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor, reduction: Reduction = "none") -> Tensor:
-    """Cross-entropy of softmax(logits) against soft targets, ``−Σ_i q_i·log p_i``.
-
-    logits, targets: (N, K) → (N,) (before ``reduction``). ``log_softmax`` subtracts the
-    row maximum, so any finite logits give a finite loss.
-    """
-    log_p = F.log_softmax(logits, dim=-1)
-    return reduce_loss(-(targets.to(log_p.dtype) * log_p).sum(dim=-1), reduction)
-
-
 class LabelSmoothingCrossEntropy(nn.Module):
     """Softmax cross-entropy with label smoothing: ``(logits (N, K), labels (N,) long) -> (N,)``.
 
@@ -68,7 +57,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         targets = label_smoothing_targets(labels, logits.shape[-1], self.eps, logits.dtype)
-        return soft_cross_entropy(logits, targets)
+        return softmax_cross_entropy(logits, targets)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
