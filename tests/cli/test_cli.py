@@ -56,7 +56,8 @@ def test_train_then_eval_and_infer_from_the_saved_config(trained_run: Path, tmp_
     checkpoint = trained_run / "checkpoints" / "iter_0000002.pt"
     assert checkpoint.is_file()
     config = str(trained_run / "config.yaml")
-    assert main(["eval", config, "--checkpoint", str(checkpoint), "--json"]) == 0
+    # Overrides may also follow the options.
+    assert main(["eval", config, "--checkpoint", str(checkpoint), "--json", "threads=1"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= metrics["AP50"] <= 1.0
 

@@ -46,10 +46,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_from_checkpoint(cfg, checkpoint: str):
+    import torch
+
     from tunedet.engine.checkpoint import load_checkpoint, load_model_state
     from tunedet.engine.trainer import resolve_device
     from tunedet.models import build_detector
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model = build_detector(cfg.model.model_dump()).to(device)
     state = load_checkpoint(checkpoint, map_location=device)
@@ -305,7 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling the ``overrides`` positional at the first option, so
+    # ``key=value`` overrides given after an option (``--checkpoint X a.b=1``) land here.
+    stray = [
+        a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")
+    ]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from tunedet.config.loader import ConfigError
     from tunedet.engine.checkpoint import CheckpointError
     from tunedet.engine.finite_guard import NonFiniteLossError
