@@ -28,20 +28,6 @@ from tunedet.analysis.focal import focal_loss_curves
 from tunedet.cli.main import main
 from tunedet.evaluation import detection_set
 
-TINY = [
-    "model.backbone.widths=[8, 8, 16, 16, 16]",
-    "model.neck.out_channels=16",
-    "model.head.feat_channels=16",
-    "model.head.stacked_convs=1",
-    "data.train.num_images=8",
-    "data.train.image_size=64",
-    "data.val.num_images=4",
-    "data.val.image_size=64",
-    "data.batch_size=2",
-    "train.progress=false",
-    "train.max_iters=2",
-]
-
 
 def run_cli(*argv: str) -> str:
     out = io.StringIO()
@@ -57,14 +43,14 @@ def assert_png(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_run(tmp_path_factory) -> Path:
+def checkpoint_run(tmp_path_factory, tiny_demo) -> Path:
     """A run folder with the tiny config and an untrained checkpoint (no training needed)."""
     from tunedet.config.loader import config_to_yaml, load_config
     from tunedet.engine.checkpoint import save_checkpoint
     from tunedet.models import build_detector
 
     run = tmp_path_factory.mktemp("run")
-    cfg = load_config("retinanet/demo", TINY)
+    cfg = load_config("retinanet/demo", tiny_demo)
     (run / "config.yaml").write_text(config_to_yaml(cfg))
     torch.manual_seed(0)
     save_checkpoint(
@@ -157,8 +143,8 @@ def test_analyze_anchors_proposal_beats_misfit_anchors_and_fragment_loads(tmp_pa
     assert model.anchor_generator.base_sizes == tuple(report["proposed"]["base_sizes"])
 
 
-def test_analyze_anchors_writes_png_and_fragment(tmp_path: Path):
-    text = run_cli("analyze", "anchors", "retinanet/demo", *TINY, "--out", str(tmp_path))
+def test_analyze_anchors_writes_png_and_fragment(tmp_path: Path, tiny_demo):
+    text = run_cli("analyze", "anchors", "retinanet/demo", *tiny_demo, "--out", str(tmp_path))
     assert "proposed" in text
     assert_png(tmp_path / "anchors.png")
     assert "base_sizes" in (tmp_path / "anchors.yaml").read_text()
@@ -167,11 +153,11 @@ def test_analyze_anchors_writes_png_and_fragment(tmp_path: Path):
 # --------------------------------------------------------------------- assign
 
 
-def test_positive_anchors_count_each_gt_per_level():
+def test_positive_anchors_count_each_gt_per_level(tiny_demo):
     from tunedet.config.loader import load_config
     from tunedet.models import build_detector
 
-    cfg = load_config("retinanet/demo", TINY)
+    cfg = load_config("retinanet/demo", tiny_demo)
     model = build_detector(cfg.model.model_dump()).eval()
     images = torch.zeros(2, 3, 64, 64)
     gt_boxes = torch.tensor(
@@ -185,10 +171,10 @@ def test_positive_anchors_count_each_gt_per_level():
         assert (p["per_gt_level"].sum(axis=1) > 0).all()  # ATSS gives every GT a positive here
 
 
-def test_analyze_assign_writes_png(tmp_path: Path):
+def test_analyze_assign_writes_png(tmp_path: Path, tiny_demo):
     out = tmp_path / "assign.png"
     text = run_cli(
-        "analyze", "assign", "retinanet/demo", *TINY, "--num-images", "2", "--out", str(out)
+        "analyze", "assign", "retinanet/demo", *tiny_demo, "--num-images", "2", "--out", str(out)
     )
     assert "positives per GT" in text
     assert_png(out)
@@ -214,9 +200,9 @@ def test_flops_of_one_conv_are_two_per_multiply_accumulate():
     assert by_name["conv"]["params"] == 8 * 3 * 3 * 3
 
 
-def test_analyze_flops_writes_png(tmp_path: Path):
+def test_analyze_flops_writes_png(tmp_path: Path, tiny_demo):
     out = tmp_path / "flops.png"
-    text = run_cli("analyze", "flops", "retinanet/demo", *TINY, "--out", str(out))
+    text = run_cli("analyze", "flops", "retinanet/demo", *tiny_demo, "--out", str(out))
     assert "head.cls_tower" in text and "(total)" in text
     assert_png(out)
 

@@ -12,20 +12,6 @@ import pytest
 
 from tunedet.cli.main import main
 
-TINY = [
-    "model.backbone.widths=[8, 8, 16, 16, 16]",
-    "model.neck.out_channels=16",
-    "model.head.feat_channels=16",
-    "model.head.stacked_convs=1",
-    "data.train.num_images=8",
-    "data.train.image_size=64",
-    "data.val.num_images=4",
-    "data.val.image_size=64",
-    "data.batch_size=2",
-    "train.progress=false",
-    "train.max_iters=2",
-]
-
 
 def test_config_typo_is_one_line_error_with_exit_code_2(capsys):
     assert main(["train", "retinanet/demo", "optim.lrr=0.1"]) == 2
@@ -45,10 +31,10 @@ def test_list_assigners_and_configs(capsys):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory, tiny_demo) -> Path:
     run = tmp_path_factory.mktemp("run")
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "retinanet/demo", *TINY, "--work-dir", str(run)]) == 0
+        assert main(["train", "retinanet/demo", *tiny_demo, "--work-dir", str(run)]) == 0
     return run
 
 

@@ -19,21 +19,6 @@ import pytest
 
 from tunedet.cli.main import main
 
-TINY = [
-    "model.backbone.widths=[8, 8, 16, 16, 16]",
-    "model.neck.out_channels=16",
-    "model.head.feat_channels=16",
-    "model.head.stacked_convs=1",
-    "data.train.num_images=8",
-    "data.train.image_size=64",
-    "data.val.num_images=4",
-    "data.val.image_size=64",
-    "data.batch_size=2",
-    "train.progress=false",
-    "train.max_iters=2",
-    "train.log_every=1",
-]
-
 
 def find_chromium() -> str | None:
     for name in ("/usr/bin/chromium", "chromium", "chromium-browser"):
@@ -60,10 +45,15 @@ def chromium_command(browser: str, profile: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def report(tmp_path_factory, tiny_demo) -> Path:
     run = tmp_path_factory.mktemp("run")
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert main(["train", "retinanet/demo", *TINY, "--work-dir", str(run)]) == 0
+        assert (
+            main(
+                ["train", "retinanet/demo", *tiny_demo, "train.log_every=1", "--work-dir", str(run)]
+            )
+            == 0
+        )
     assert f"report: {run / 'report.html'}" in out.getvalue()
     return run / "report.html"
 
