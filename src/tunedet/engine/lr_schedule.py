@@ -39,6 +39,14 @@ def _check_steps(steps: tuple[int, ...], what: str) -> tuple[int, ...]:
 # ---------------------------------------------------------------- main policies
 
 
+def resolve_decay_steps(policy: str, decay_steps: int | None, max_iters: int | None) -> int:
+    """``decay_steps``, defaulting to the run's ``max_iters``; must be > 0."""
+    steps = decay_steps if decay_steps is not None else max_iters
+    if steps is None or steps <= 0:
+        raise ValueError(f"{policy}: decay_steps (or max_iters) must be > 0, got {steps}")
+    return steps
+
+
 @register("lr_policy", "constant", injected=("max_iters",))
 class ConstantLR:
     """Constant: factor 1 at every iteration."""
@@ -136,9 +144,7 @@ class CosineLR:
         decay_steps: PositiveInt | None = None,
         max_iters: int | None = None,
     ):
-        decay_steps = decay_steps if decay_steps is not None else max_iters
-        if decay_steps is None or decay_steps <= 0:
-            raise ValueError(f"cosine: decay_steps (or max_iters) must be > 0, got {decay_steps}")
+        decay_steps = resolve_decay_steps("cosine", decay_steps, max_iters)
         self.alpha = alpha
         self.decay_steps = decay_steps
         self.max_iters = max_iters
@@ -165,9 +171,7 @@ class PolyLR:
         cycle: bool = False,
         max_iters: int | None = None,
     ):
-        decay_steps = decay_steps if decay_steps is not None else max_iters
-        if decay_steps is None or decay_steps <= 0:
-            raise ValueError(f"poly: decay_steps (or max_iters) must be > 0, got {decay_steps}")
+        decay_steps = resolve_decay_steps("poly", decay_steps, max_iters)
         self.power = power
         self.end_factor = end_factor
         self.decay_steps = decay_steps
@@ -195,9 +199,7 @@ class ExpLR:
         staircase: bool = False,
         max_iters: int | None = None,
     ):
-        decay_steps = decay_steps if decay_steps is not None else max_iters
-        if decay_steps is None or decay_steps <= 0:
-            raise ValueError(f"exp: decay_steps (or max_iters) must be > 0, got {decay_steps}")
+        decay_steps = resolve_decay_steps("exp", decay_steps, max_iters)
         self.decay_rate = decay_rate
         self.decay_steps = decay_steps
         self.staircase = staircase
