@@ -245,6 +245,24 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_command_modules(sub: argparse._SubParsersAction) -> None:
+    """Subcommands that live in their own module: each module of ``tunedet.cli`` (besides
+    ``main`` and ``analyze``) that defines ``add_command(subparsers)`` adds one parser and
+    sets ``func(args) -> int`` as its default (``tune``, ``ablate``, ``export``, ...)."""
+    import importlib
+    import pkgutil
+
+    import tunedet.cli
+
+    for info in sorted(pkgutil.iter_modules(tunedet.cli.__path__), key=lambda m: m.name):
+        if info.name in ("main", "analyze"):
+            continue
+        module = importlib.import_module(f"tunedet.cli.{info.name}")
+        add = getattr(module, "add_command", None)
+        if add is not None:
+            add(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunedet",
@@ -296,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tunedet.cli.analyze import add_analyze_parser
 
     add_analyze_parser(sub)
+
+    _add_command_modules(sub)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

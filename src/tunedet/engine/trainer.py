@@ -138,8 +138,18 @@ class EarlyStopping:
 class Trainer:
     """Train one experiment config in ``run_dir``."""
 
-    def __init__(self, cfg: Any, run_dir: str | Path, log: Any = print) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: str | Path,
+        log: Any = print,
+        on_evaluate: Any = None,
+    ) -> None:
+        """``on_evaluate(iteration, metrics) -> bool``, when given, is called after every
+        periodic evaluation (``train.eval_every``); returning True stops training there (a
+        tuning trial being pruned, for instance)."""
         self.cfg = cfg
+        self.on_evaluate = on_evaluate
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.log = log
@@ -376,6 +386,11 @@ class Trainer:
                     evaluated_at = self.iteration
                     loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
                     self.model.train()
+                    if self.on_evaluate is not None and self.on_evaluate(
+                        self.iteration, metrics
+                    ):
+                        stopping = True
+                        self.log(f"stopped at iteration {self.iteration} by on_evaluate")
                     if self.early_stop is not None and self.early_stop.update(
                         metrics, self.iteration
                     ):
