@@ -386,9 +386,7 @@ class Trainer:
                     evaluated_at = self.iteration
                     loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
                     self.model.train()
-                    if self.on_evaluate is not None and self.on_evaluate(
-                        self.iteration, metrics
-                    ):
+                    if self.on_evaluate is not None and self.on_evaluate(self.iteration, metrics):
                         stopping = True
                         self.log(f"stopped at iteration {self.iteration} by on_evaluate")
                     if self.early_stop is not None and self.early_stop.update(
