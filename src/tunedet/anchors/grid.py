@@ -30,6 +30,11 @@ class GridAnchorGenerator:
         scale_major: anchor order within a cell. True (mmdetection's and torchvision's
             order): index = ratio_index · num_scales + scale_index, the scale varying
             fastest; False: index = scale_index · num_ratios + ratio_index.
+        sizes: per-level absolute anchor sizes, replacing base size × scales (torchvision's
+            ``AnchorGenerator(sizes=...)``: RetinaNet's ``(32, 40, 50)`` on P3 is
+            ``int(32 · 2^(i/3))``, truncated); every level needs the same count.
+        round_base_anchors: round the zero-centred anchors' corners to integers
+            (torchvision's ``generate_anchors``), before they are shifted to the cells.
     """
 
     def __init__(
@@ -41,6 +46,8 @@ class GridAnchorGenerator:
         base_sizes: tuple[float, ...] | None = None,
         center_offset: float = 0.5,
         scale_major: bool = True,
+        sizes: tuple[tuple[float, ...], ...] | None = None,
+        round_base_anchors: bool = False,
     ):
         if base_sizes is not None and len(base_sizes) != len(strides):
             raise ValueError(
@@ -55,8 +62,17 @@ class GridAnchorGenerator:
             if base_sizes is not None
             else tuple(self.octave_base_scale * s for s in self.strides)
         )
+        if sizes is not None and (
+            len(sizes) != len(strides) or len({len(level) for level in sizes}) != 1
+        ):
+            raise ValueError(
+                f"sizes must give one tuple per stride ({len(strides)}), all of the same "
+                f"length, got {sizes}"
+            )
         self.center_offset = float(center_offset)
         self.scale_major = bool(scale_major)
+        self.sizes = tuple(tuple(float(v) for v in level) for level in sizes) if sizes else None
+        self.round_base_anchors = bool(round_base_anchors)
         self.scales = tuple(2.0 ** (i / self.scales_per_octave) for i in range(scales_per_octave))
         self._cache: dict[tuple, list[Tensor]] = {}
 
@@ -66,12 +82,15 @@ class GridAnchorGenerator:
 
     @property
     def num_anchors_per_location(self) -> int:
-        return len(self.scales) * len(self.ratios)
+        num_sizes = len(self.sizes[0]) if self.sizes is not None else len(self.scales)
+        return num_sizes * len(self.ratios)
 
     def base_anchors(self, level: int) -> Tensor:
         """Zero-centred anchors of one level: (A, 4) xyxy float64, in this generator's order."""
         size = self.base_sizes[level]
         scales = torch.tensor(self.scales, dtype=torch.float64)
+        if self.sizes is not None:
+            size, scales = 1.0, torch.tensor(self.sizes[level], dtype=torch.float64)
         ratios = torch.tensor(self.ratios, dtype=torch.float64)
         h_ratio, w_ratio = ratios.sqrt(), 1.0 / ratios.sqrt()
         if self.scale_major:
@@ -80,7 +99,8 @@ class GridAnchorGenerator:
         else:
             ws = (size * scales[:, None] * w_ratio[None, :]).reshape(-1)
             hs = (size * scales[:, None] * h_ratio[None, :]).reshape(-1)
-        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+        anchors = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+        return anchors.round() if self.round_base_anchors else anchors
 
     def grid_anchors(
         self,
@@ -122,5 +142,6 @@ class GridAnchorGenerator:
         return (
             f"GridAnchorGenerator(strides={self.strides}, base_sizes={self.base_sizes}, "
             f"scales={tuple(round(s, 4) for s in self.scales)}, ratios={self.ratios}, "
-            f"center_offset={self.center_offset}, scale_major={self.scale_major})"
+            f"center_offset={self.center_offset}, scale_major={self.scale_major}, "
+            f"sizes={self.sizes}, round_base_anchors={self.round_base_anchors})"
         )

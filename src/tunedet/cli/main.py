@@ -30,18 +30,32 @@ def _run_dir(cfg, config: str, work_dir: str | None) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tunedet.engine.trainer import Trainer
+    """Train; under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this, joined in one
+    process group (gloo on CPU, NCCL on CUDA), and rank 0 alone prints and reports."""
+    from tunedet.engine import distributed
+    from tunedet.engine.interrupt import TrainingInterrupted
+    from tunedet.engine.report import write_report
+    from tunedet.engine.trainer import Trainer, resolve_device
 
     cfg = _load(args.config, args.overrides)
     run_dir = _run_dir(cfg, args.config, args.work_dir)
-    from tunedet.engine.report import write_report
-
-    trainer = Trainer(cfg, run_dir)
-    print(f"run directory: {run_dir}")
-    metrics = trainer.train()
-    if metrics:
-        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-    print(f"report: {write_report(trainer, metrics)}")
+    distributed.init_from_env(resolve_device(cfg.device))
+    try:
+        trainer = Trainer(cfg, run_dir)
+        if trainer.is_main:
+            print(f"run directory: {run_dir} ({trainer.world_size} process(es))")
+        try:
+            metrics = trainer.train()
+        except TrainingInterrupted as stop:
+            if trainer.is_main:
+                print(f"tunedet train: {stop}", file=sys.stderr)
+            return stop.exit_code
+        if trainer.is_main:
+            if metrics:
+                print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+            print(f"report: {write_report(trainer, metrics)}")
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -51,11 +65,13 @@ def _model_from_checkpoint(cfg, checkpoint: str):
     from tunedet.engine.checkpoint import load_checkpoint, load_model_state
     from tunedet.engine.trainer import resolve_device
     from tunedet.models import build_detector
+    from tunedet.models.pretrained import skip_backbone_init
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    model = build_detector(cfg.model.model_dump()).to(device)
+    # every weight comes from the checkpoint: no ImageNet file for backbone.init
+    model = build_detector(skip_backbone_init(cfg.model.model_dump())).to(device)
     state = load_checkpoint(checkpoint, map_location=device)
     # A run with EMA is evaluated (and used) with its averaged weights, as in training.
     weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
@@ -147,9 +163,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     all_results = []
     for path, batch, image in load_images_for_inference(args.images, cfg):
         batch = batch.to(device)
-        with torch.no_grad():
-            pred = model.predict(batch.images, batch.image_sizes)[0]
-        scale = batch.metas[0]["scale"]
+        if cfg.eval.sliced is not None:  # tiles of the whole image, merged (eval.sliced)
+            from tunedet.engine.sliced_inference import sliced_predict_with_config
+
+            pred, scale = sliced_predict_with_config(model, image, cfg, device), 1.0
+        else:
+            with torch.no_grad():
+                pred = model.predict(batch.images, batch.image_sizes)[0]
+            scale = batch.metas[0]["scale"]
         keep = pred["scores"] >= args.score_thr
         boxes = (pred["boxes"][keep] / scale).cpu().tolist()
         scores = pred["scores"][keep].cpu().tolist()

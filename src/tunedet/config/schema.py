@@ -84,6 +84,16 @@ def component_union(kind: str) -> Any:
     return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
 
 
+class SamplerConfig(Section):
+    """Training batch order (data/samplers.py `EpochBatchSampler`): shuffled per epoch;
+    ``aspect_grouping``: batches of only wide or only tall images (Detectron);
+    ``repeat_threshold``: LVIS repeat-factor sampling, ``r = max(1, sqrt(t / f_c))``."""
+
+    shuffle: bool = True
+    aspect_grouping: bool = False
+    repeat_threshold: Annotated[float, Field(gt=0, le=1)] | None = None
+
+
 class DataConfig(Section):
     train: Any
     val: Any | None = None
@@ -93,6 +103,7 @@ class DataConfig(Section):
     val_batch_size: Annotated[int, Field(ge=1)] | None = None
     num_workers: Annotated[int, Field(ge=0)] = 0
     size_divisor: Annotated[int, Field(ge=1)] = 32
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
 
 class ScheduleConfig(Section):
@@ -145,6 +156,8 @@ class TrainConfig(Section):
     progress: bool = True
     accumulate: Annotated[int, Field(ge=1)] = 1
     amp: Literal["none", "bf16", "fp16"] = "none"
+    # torchrun runs only: BatchNorm → SyncBatchNorm (statistics over the global batch; CUDA)
+    sync_bn: bool = False
     ema: EMAConfig | None = None
     early_stop: EarlyStopConfig | None = None
     distill: DistillConfig | None = None
@@ -161,9 +174,25 @@ class TrainConfig(Section):
         return self
 
 
+class SlicedConfig(Section):
+    """Sliced inference (engine/sliced_inference.py): the detector runs on ``tile``-px
+    tiles overlapping by ``overlap`` and the tile detections are merged across tiles
+    (``merge: nms`` suppresses, ``nmm`` merges matched boxes into their union) where
+    ``match_metric`` (IoU, or IoS = intersection / smaller area) >= ``match_thr``."""
+
+    tile: Annotated[int, Field(ge=16)] = 512
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    merge: Literal["nms", "nmm"] = "nmm"
+    match_metric: Literal["iou", "ios"] = "ios"
+    match_thr: Annotated[float, Field(gt=0, le=1)] = 0.5
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    max_dets: Annotated[int, Field(ge=1)] = 300
+
+
 class EvalConfig(Section):
     metric: Literal["coco", "voc07", "voc12"] = "coco"
     score_thr: Annotated[float, Field(ge=0, le=1)] | None = None
+    sliced: SlicedConfig | None = None
 
 
 @functools.cache
@@ -194,6 +223,11 @@ def root_model() -> type[BaseModel]:
         threads=(Annotated[int, Field(ge=1)] | None, None),
         work_dir=(str | None, None),
         model=(component_union("detector"), ...),
+        # whole-detector init (mmdetection's load_from, Detectron's TRAIN.WEIGHTS):
+        # a tunedet checkpoint or a torchvision detection state dict (models/pretrained.py)
+        load_from=(str | None, None),
+        # parameters to freeze: globs over names ("backbone.layer1.*") or module names
+        freeze=(list[str], Field(default_factory=list)),
         data=(data, ...),
         optim=(component_union("optimizer"), {"type": "sgd"}),
         schedule=(schedule, Field(default_factory=lambda: schedule())),

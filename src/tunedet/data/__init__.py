@@ -7,12 +7,18 @@ from tunedet.data.annotated_images import FULL_CHECK_LIMIT, AnnotatedImageDatase
 from tunedet.data.bad_input import BadInputReport, DataError
 from tunedet.data.coco import CocoDataset
 from tunedet.data.coco_writer import write_coco
+from tunedet.data.crop_expand import Expand, MinIoURandomCrop
 from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
+from tunedet.data.mixing import CopyPaste, MixUp, Mosaic
+from tunedet.data.photometric import Cutout, PhotometricDistortion, RandomErasing
+from tunedet.data.samplers import EpochBatchSampler, aspect_groups, repeat_factors
 from tunedet.data.synthetic import SHAPES, SyntheticShapes
 from tunedet.data.tiling import TileBoxes, crop_to_tile, make_tiles
 from tunedet.data.transforms import (
     Compose,
+    MultiScaleResize,
     Normalize,
+    Pad,
     RandomHorizontalFlip,
     RandomVerticalFlip,
     Resize,
@@ -27,10 +33,21 @@ __all__ = [
     "BadInputReport",
     "CocoDataset",
     "Compose",
+    "CopyPaste",
+    "Cutout",
     "DataError",
     "DetectionBatch",
+    "EpochBatchSampler",
+    "Expand",
     "ImageRecord",
+    "MinIoURandomCrop",
+    "MixUp",
+    "Mosaic",
+    "MultiScaleResize",
     "Normalize",
+    "Pad",
+    "PhotometricDistortion",
+    "RandomErasing",
     "RandomHorizontalFlip",
     "RandomVerticalFlip",
     "Resize",
@@ -39,8 +56,10 @@ __all__ = [
     "TransformedDataset",
     "VOCDataset",
     "YOLODataset",
+    "aspect_groups",
     "collate_detection",
     "crop_to_tile",
     "make_tiles",
+    "repeat_factors",
     "write_coco",
 ]

@@ -237,7 +237,7 @@ class AnnotatedImageDataset(Dataset):
         min_visible: float = 0.5,
     ) -> None:
         if not records:
-            details = f"; problems:\n{report.summary()}" if report else ""
+            details = f"; problems: {'; '.join(report.summary().splitlines())}" if report else ""
             raise DataError(f"{source}: no usable image{details}")
         self.records = records
         self.classes = list(classes)

@@ -13,6 +13,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunedet.config.registry import build
 from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
+from tunedet.data.samplers import (
+    EpochBatchSampler,
+    aspect_groups,
+    dataset_sizes_and_labels,
+    repeat_factors,
+)
 
 
 def build_dataset(spec: Any) -> Dataset:
@@ -42,6 +48,41 @@ def build_loader(
     if batch_sampler is not None:
         return DataLoader(augmented, batch_sampler=batch_sampler, **common)
     return DataLoader(augmented, batch_size=batch_size or 1, shuffle=False, **common)
+
+
+def build_train_sampler(
+    data_cfg: Any,
+    dataset: Dataset,
+    seed: int,
+    start_batch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EpochBatchSampler:
+    """The training `EpochBatchSampler` of ``data.sampler``: ``data.batch_size`` per rank,
+    global batch ``data.batch_size · world_size``.
+
+    ``start_batch``: global batches already consumed (``iteration · accumulate``), so
+    a resumed run continues exactly, whatever the epochs' lengths.
+    """
+    options = data_cfg.sampler
+    groups = factors = None
+    if options.aspect_grouping or options.repeat_threshold is not None:
+        sizes, labels = dataset_sizes_and_labels(dataset)
+        if options.aspect_grouping:
+            groups = aspect_groups(sizes)
+        if options.repeat_threshold is not None:
+            factors = repeat_factors(labels, options.repeat_threshold)
+    return EpochBatchSampler(
+        len(dataset),
+        data_cfg.batch_size * world_size,
+        seed=seed,
+        shuffle=options.shuffle,
+        start_batch=start_batch,
+        rank=rank,
+        world_size=world_size,
+        group_ids=groups,
+        repeat_factors=factors,
+    )
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

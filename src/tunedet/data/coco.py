@@ -50,6 +50,12 @@ def load_coco_json(ann_file: str | Path) -> dict:
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{ann_file}: malformed annotation file: no 'images' list at the top level")
+    for key in ("categories", "annotations"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise DataError(
+                f"{ann_file}: malformed annotation file: '{key}' is a "
+                f"{type(data[key]).__name__}, not a list"
+            )
     return data
 
 

@@ -110,14 +110,18 @@ def collate_detection(samples: Sequence[dict], size_divisor: int = 32) -> Detect
 class TransformedDataset(Dataset):
     """A dataset with transforms whose randomness is a function of ``(seed, epoch, index)``.
 
-    Item ``index`` (or ``(index, epoch)``, as `EpochBatchSampler` yields) is
-    ``dataset[index]`` transformed with ``rng = np.random.default_rng([seed,
-    epoch, index])``, so augmentation is reproducible whatever the worker
-    and order. With plain int keys the epoch is the one given to
-    `set_epoch` (DataLoader workers copy the dataset when they start: call
-    it before each epoch's iterator is made, or pass ``(index, epoch)`` keys).
-    Before the transforms, ``orig_size (h, w)`` and ``scale = 1.0`` are
-    added to the sample.
+    Item ``index`` (or ``(index, epoch)``, or ``(index, epoch, batch)`` as
+    `EpochBatchSampler` yields) is ``dataset[index]`` transformed with
+    ``rng = np.random.default_rng([seed, epoch, index])``, so augmentation is
+    reproducible whatever the worker and order. With plain int keys the epoch
+    is the one given to `set_epoch` (DataLoader workers copy the dataset when
+    they start: call it before each epoch's iterator is made, or pass
+    ``(index, epoch)`` keys). Before the transforms, ``orig_size (h, w)`` and
+    ``scale = 1.0`` are added to the sample, with the context keys of
+    `tunedet.data.transforms`: ``_fetch`` (raw samples for Mosaic, MixUp,
+    copy-paste), ``_num_samples`` and, with a batch index in the key,
+    ``_batch_seed = (seed, epoch, batch)`` (one multi-scale size per batch).
+    Context keys are removed from the result.
     """
 
     def __init__(
@@ -139,13 +143,26 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+    def raw_sample(self, index: int) -> dict:
+        """``dataset[index]`` with ``orig_size`` and ``scale = 1.0`` (no transform)."""
         sample = dict(self.dataset[index])
         sample["orig_size"] = tuple(int(v) for v in np.shape(sample["image"])[:2])
         sample.setdefault("scale", 1.0)
+        return sample
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
+        if isinstance(key, tuple):
+            index, epoch, *batch = key
+        else:
+            index, epoch, batch = key, self.epoch, []
+        sample = self.raw_sample(index)
+        sample["_fetch"] = self.raw_sample
+        sample["_num_samples"] = len(self.dataset)
+        if batch:
+            sample["_batch_seed"] = (self.seed, epoch, batch[0])
         rng = np.random.default_rng([self.seed, epoch, index])
-        return self.transforms(sample, rng)
+        out = self.transforms(sample, rng)
+        return {k: v for k, v in out.items() if not k.startswith("_")}
 
     @property
     def classes(self) -> list[str]:

@@ -125,6 +125,23 @@ def _checkpoint_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(f for f in found if f[1].is_file())
 
 
+def checkpoints_newest_first(run_dir: str | os.PathLike) -> list[Path]:
+    """Every ``iter_*.pt`` file of a run (valid or not), the highest iteration first."""
+    return [file for _, file in reversed(_checkpoint_files(run_dir))]
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that never finished (a process killed while
+    writing); returns them. Call only when no save is in progress."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [f for f in folder.glob(".iter_*.pt.*.tmp") if f.is_file()]
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return stale
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The highest-iteration complete checkpoint of a run, or None.
 

@@ -13,13 +13,23 @@ Optional parts, each in its own module: the LR schedule and Detectron's momentum
 correction (``lr_schedule``), EMA of the weights used for evaluation (``ema``),
 mixed precision (``amp``), distillation from a frozen teacher (``distill``),
 early stopping on the validation metric (counted in evaluations).
+
+Under ``torchrun`` (``distributed``) the same loop runs in every process: each
+takes its slice of the global batch ``batch_size · world_size``, DDP averages the
+gradients, rank 0 alone logs, shows progress and writes checkpoints, and evaluation
+predicts one shard of the validation batches per rank and scores their union on
+rank 0. Faults: a SIGTERM or Ctrl-C saves a checkpoint at the end of the current
+iteration, then raises ``TrainingInterrupted`` (``interrupt``); a resume skips a
+latest checkpoint that is truncated or foreign, naming it, and takes the previous one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,20 +42,23 @@ from tqdm import tqdm
 
 from tunedet.config.loader import config_to_yaml
 from tunedet.config.registry import build
-from tunedet.data.build import build_dataset, build_loader
-from tunedet.data.samplers import EpochBatchSampler
+from tunedet.data.build import build_dataset, build_loader, build_train_sampler
+from tunedet.engine import distributed
 from tunedet.engine.amp import autocast, check_amp, grad_scaler, model_device
 from tunedet.engine.checkpoint import (
-    latest_checkpoint,
+    CheckpointError,
+    checkpoints_newest_first,
     load_checkpoint,
     load_model_state,
+    remove_stale_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from tunedet.engine.distill import Distiller, build_teacher
 from tunedet.engine.ema import ModelEMA
-from tunedet.engine.finite_guard import NonFiniteLossError, check_finite_loss, is_finite_loss
+from tunedet.engine.finite_guard import check_finite_loss, is_finite_loss
+from tunedet.engine.interrupt import StopRequest, TrainingInterrupted
 from tunedet.engine.lr_schedule import (
     LRChangeLog,
     LRSchedule,
@@ -54,8 +67,10 @@ from tunedet.engine.lr_schedule import (
 )
 from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardLogger
 from tunedet.engine.optim import apply_l1_penalty, build_optimizer, clip_gradients
+from tunedet.engine.sliced_inference import sliced_predict_dataset
 from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
 from tunedet.models import build_detector
+from tunedet.models.pretrained import init_detector
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,8 +150,16 @@ class EarlyStopping:
         self.stopped = bool(state["stopped"])
 
 
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    """The log of ranks other than 0."""
+
+
+def _no_context() -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 class Trainer:
-    """Train one experiment config in ``run_dir``."""
+    """Train one experiment config in ``run_dir`` (in every process of a torchrun job)."""
 
     def __init__(
         self,
@@ -152,8 +175,10 @@ class Trainer:
         self.on_evaluate = on_evaluate
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.log = log
-        self.device = resolve_device(cfg.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.log = log if self.is_main else _silent
+        self.device = distributed.process_device(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
@@ -161,13 +186,20 @@ class Trainer:
 
         self.train_set = build_dataset(cfg.data.train)
         self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
-        self.model = build_detector(cfg.model.model_dump()).to(self.device)
+        self.model = build_detector(cfg.model.model_dump())
+        init_detector(self.model, cfg.load_from, cfg.freeze, log=self.log)  # pretrained.py
+        if train.sync_bn and self.world_size > 1:
+            self.model = distributed.convert_sync_batchnorm(self.model, self.device)
+        self.model.to(self.device)
         self.amp_device = model_device(self.model)
         check_amp(train.amp, self.amp_device)
         self.scaler = grad_scaler(train.amp, self.amp_device)
         self.accumulate = train.accumulate
+        # data.batch_size is per process: one step sees batch_size · world_size · accumulate
+        # images, the batch of the linear scaling rule.
+        self.global_batch = cfg.data.batch_size * self.world_size
         self.optimizer = build_optimizer(
-            self.model, cfg.optim.model_dump(), batch_size=cfg.data.batch_size * self.accumulate
+            self.model, cfg.optim.model_dump(), batch_size=self.global_batch * self.accumulate
         )
         self.base_lr = float(self.optimizer.defaults["lr"])  # after the linear scaling rule
         self.ema = (
@@ -182,6 +214,7 @@ class Trainer:
             teacher = build_teacher(d.teacher_config, d.teacher_checkpoint, self.device)
             self.distiller = Distiller(teacher, d.temperature, d.weight, d.form)
             self.distiller.attach(self.model)
+        self.ddp = distributed.wrap_ddp(self.model, self.device) if self.world_size > 1 else None
         self.momentum_correction = (
             MomentumCorrection(cfg.schedule.scale_momentum_threshold)
             if cfg.schedule.scale_momentum
@@ -189,7 +222,7 @@ class Trainer:
         )
         self.lr_log = LRChangeLog(train.log_lr_change) if train.log_lr_change is not None else None
 
-        self.batches_per_epoch = max(1, len(self.train_set) // cfg.data.batch_size)
+        self.batches_per_epoch = max(1, len(self.train_set) // self.global_batch)
         self.iters_per_epoch = max(1, self.batches_per_epoch // self.accumulate)
         if train.max_iters is not None:
             self.max_iters = train.max_iters
@@ -231,50 +264,93 @@ class Trainer:
         return state
 
     def save(self) -> Path:
-        path = self.ckpt_dir / f"iter_{self.iteration:07d}.pt"
-        save_checkpoint(path, self.state_dict())
+        """Write ``iter_<iteration>.pt`` (rank 0) and prune old ones. Called by every rank:
+        the RNG states of all ranks are gathered into the checkpoint."""
+        path = self._checkpoint_path()
+        rng_ranks = distributed.gather_objects(rng_state())
+        if self.is_main:
+            state = self.state_dict()
+            if self.world_size > 1:
+                state["rng_ranks"] = rng_ranks
+            save_checkpoint(path, state)
+            old = sorted(self.ckpt_dir.glob("iter_*.pt"))[: -self.cfg.train.keep_checkpoints]
+            for stale in old:
+                stale.unlink(missing_ok=True)
         self.last_checkpoint = str(path)
-        old = sorted(self.ckpt_dir.glob("iter_*.pt"))[: -self.cfg.train.keep_checkpoints]
-        for stale in old:
-            stale.unlink(missing_ok=True)
         return path
 
     def resume(self) -> bool:
-        path = latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            return False
+        """Load the newest usable checkpoint of ``run_dir``; False when there is none.
+
+        A checkpoint that is truncated, corrupt, not a checkpoint of this run's model,
+        or holds pickled objects is skipped with one line naming it, and the previous
+        one is tried; ``CheckpointError`` when checkpoints exist but none is usable.
+        """
+        if self.is_main:
+            remove_stale_temp_files(self.ckpt_dir)
+        candidates = checkpoints_newest_first(self.ckpt_dir)
+        for path in candidates:
+            try:
+                self._load_checkpoint(path)
+            except CheckpointError as err:
+                self.log(f"skipping bad checkpoint: {err}")
+                continue
+            self.log(f"resumed from {path} at iteration {self.iteration}")
+            return True
+        if candidates:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.ckpt_dir} ({len(candidates)} found, all bad): "
+                "move them away or set train.resume=false"
+            )
+        return False
+
+    def _load_checkpoint(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        load_model_state(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if "ema" in state:
-                self.ema.load_state_dict(state["ema"])
-            else:  # EMA switched on for a run that had none: start it from the weights
-                self.ema = ModelEMA(self.model, self.ema.decay, self.ema.tau)
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        if self.early_stop is not None and "early_stop" in state:
-            self.early_stop.load_state_dict(state["early_stop"])
-        self.iteration = int(state["iteration"])
+        required = {"iteration": int, "model": dict, "optimizer": dict, "rng": dict}
+        for key, kind in required.items():
+            if not isinstance(state.get(key), kind):
+                raise CheckpointError(
+                    f"checkpoint {path} is not a training checkpoint (no '{key}' entry)"
+                )
+        load_model_state(self.model, state["model"], source=path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None:
+                if "ema" in state:
+                    self.ema.load_state_dict(state["ema"])
+                else:  # EMA switched on for a run that had none: start it from the weights
+                    self.ema = ModelEMA(self.model, self.ema.decay, self.ema.tau)
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+            if self.early_stop is not None and "early_stop" in state:
+                self.early_stop.load_state_dict(state["early_stop"])
+            rng = state["rng"]
+            ranks = state.get("rng_ranks")
+            if isinstance(ranks, list) and len(ranks) == self.world_size:
+                rng = ranks[self.rank]
+            set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({reason})") from None
+        self.iteration = state["iteration"]
         time_budget = self.cfg.train.max_iters is None and self.cfg.train.epochs is None
         if time_budget and int(state.get("max_iters", self.max_iters)) != self.max_iters:
             self.max_iters = int(state["max_iters"])
             self.schedule = self._build_schedule()
-        set_rng_state(state["rng"])
         self.last_checkpoint = str(path)
-        self.log(f"resumed from {path} at iteration {self.iteration}")
-        return True
 
     # --- loop ----------------------------------------------------------------------------
 
     def _train_loader(self) -> DataLoader:
-        epoch, batch = divmod(self.iteration * self.accumulate, self.batches_per_epoch)
-        sampler = EpochBatchSampler(
-            len(self.train_set),
-            self.cfg.data.batch_size,
+        # The global batch order of a 1-process run with batch_size · world_size; each rank
+        # reads its own slice of every global batch (data.sampler: grouping, repeat factors).
+        sampler = build_train_sampler(
+            self.cfg.data,
+            self.train_set,
             seed=self.cfg.seed,
-            start_epoch=epoch,
-            start_batch=batch,
+            start_batch=self.iteration * self.accumulate,
+            rank=self.rank,
+            world_size=self.world_size,
         )
         return build_loader(
             self.train_set,
@@ -296,8 +372,9 @@ class Trainer:
         return lr
 
     def _micro_losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        compute = self.ddp if self.ddp is not None else self.model.loss
         with autocast(self.cfg.train.amp, self.amp_device):
-            losses = self.model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
+            losses = compute(batch.images, batch.gt_boxes, batch.gt_labels)
             if self.distiller is not None:
                 losses = {**losses, "distill": self.distiller.loss(batch.images)}
         return losses
@@ -308,19 +385,27 @@ class Trainer:
         cfg = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
-        for _ in range(self.accumulate):
+        for micro in range(self.accumulate):
             batch = next(loader).to(self.device)
-            losses = self._micro_losses(batch)
-            total = sum(losses.values())
-            if not (is_finite_loss(losses) and torch.isfinite(total)):
-                if cfg.on_nonfinite == "stop":
-                    check_finite_loss(
-                        {**losses, "total": total}, self.iteration, self.last_checkpoint
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            scaled = total / self.accumulate
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            # DDP averages gradients only on the last backward of the step.
+            last = micro == self.accumulate - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else _no_context()
+            with sync:
+                losses = self._micro_losses(batch)
+                total = sum(losses.values())
+                finite = is_finite_loss(losses) and bool(torch.isfinite(total))
+                # every rank must skip (or stop) together, or the others wait forever
+                (bad_somewhere,) = distributed.any_over_ranks([not finite], self.device)
+                if bad_somewhere:
+                    if cfg.on_nonfinite == "stop":
+                        terms = {**losses, "total": total}
+                        if finite:  # another rank's loss: name it in the report
+                            terms = {"total": total.new_tensor(math.nan)}
+                        check_finite_loss(terms, self.iteration, self.last_checkpoint)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                scaled = total / self.accumulate
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value.detach() / self.accumulate
         if self.scaler is not None:
@@ -338,84 +423,111 @@ class Trainer:
         return sums, sum(sums.values())
 
     def train(self) -> dict[str, float]:
+        """Run to ``max_iters`` (or the time budget); returns the last evaluation's metrics.
+
+        A SIGTERM or Ctrl-C saves a checkpoint at the end of the current iteration and
+        raises ``TrainingInterrupted``; a non-finite loss raises ``NonFiniteLossError``
+        (``train.on_nonfinite=stop``) or skips the step (``skip``, counted in
+        ``skipped_steps``).
+        """
         cfg = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
         if cfg.resume:
             self.resume()
         loggers = MetricsLoggers(
             [JSONLLogger(self.run_dir / "metrics.jsonl"), TensorBoardLogger(self.run_dir / "tb")]
+            if self.is_main
+            else []
         )
+        bar = tqdm(
+            total=self.max_iters if self.max_iters < 10**9 else None,
+            initial=self.iteration,
+            desc="train",
+            disable=not (cfg.progress and self.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            with StopRequest() as stop:
+                metrics = self._loop(loggers, bar, stop)
+        finally:
+            bar.close()
+            loggers.close()
+        return metrics
+
+    def _loop(self, loggers: MetricsLoggers, bar: tqdm, stop: StopRequest) -> dict[str, float]:
+        cfg = self.cfg.train
         metrics: dict[str, float] = {}
         evaluated_at: int | None = None
         start = time.monotonic()
         start_iter = self.iteration
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-        bar = tqdm(
-            total=self.max_iters if self.max_iters < 10**9 else None,
-            initial=self.iteration,
-            desc="train",
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-        )
         self.model.train()
         loader = iter(self._train_loader())
         stopping = self.early_stop is not None and self.early_stop.stopped
-        try:
-            while self.iteration < self.max_iters and not stopping:
-                if budget is not None and self._out_of_time(start, start_iter, budget, bar):
-                    break
-                lr = self._set_lr()
-                result = self._step(loader)
-                if result is None:
-                    self.skipped_steps += 1
-                    self.log(f"skipped iteration {self.iteration}: non-finite loss")
-                self.iteration += 1
-                bar.update(1)
-                if result is not None and (
-                    self.iteration % cfg.log_every == 0 or self.iteration == self.max_iters
-                ):
-                    losses, total = result
-                    row = {k: float(v) for k, v in losses.items()}
-                    row.update(loss=float(total), lr=lr, time=time.monotonic() - start)
-                    loggers.log(self.iteration, row)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "time"})
-                evaluate_now = cfg.eval_every and self.iteration % cfg.eval_every == 0
-                if evaluate_now and self.val_set:
-                    metrics = self.evaluate()
-                    evaluated_at = self.iteration
-                    loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
-                    self.model.train()
-                    if self.on_evaluate is not None and self.on_evaluate(self.iteration, metrics):
+        while self.iteration < self.max_iters and not stopping:
+            if budget is not None and self._out_of_time(start, start_iter, budget, bar):
+                break
+            lr = self._set_lr()
+            result = self._step(loader)
+            if result is None:
+                self.skipped_steps += 1
+                self.log(f"skipped iteration {self.iteration}: non-finite loss")
+            self.iteration += 1
+            bar.update(1)
+            if result is not None and (
+                self.iteration % cfg.log_every == 0 or self.iteration == self.max_iters
+            ):
+                # the mean over ranks of each rank's terms is the global batch's loss
+                losses = {k: float(distributed.reduce_mean(v)) for k, v in result[0].items()}
+                row = {**losses, "loss": sum(losses.values())}
+                row.update(lr=lr, time=time.monotonic() - start, skipped=self.skipped_steps)
+                loggers.log(self.iteration, row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "time"})
+            evaluate_now = cfg.eval_every and self.iteration % cfg.eval_every == 0
+            if evaluate_now and self.val_set:
+                metrics = self.evaluate()
+                evaluated_at = self.iteration
+                loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
+                self.model.train()
+                if self.on_evaluate is not None:
+                    pruned = self.is_main and bool(self.on_evaluate(self.iteration, metrics))
+                    if distributed.broadcast_object(pruned):
                         stopping = True
                         self.log(f"stopped at iteration {self.iteration} by on_evaluate")
-                    if self.early_stop is not None and self.early_stop.update(
-                        metrics, self.iteration
-                    ):
-                        stopping = True
-                        es = self.early_stop
-                        self.log(
-                            f"early stop at iteration {self.iteration}: no {es.metric} "
-                            f"improvement in {es.patience} evaluations (best {es.best:.4g} "
-                            f"at iteration {es.best_iteration})"
-                        )
-                if cfg.ckpt_every and self.iteration % cfg.ckpt_every == 0:
+                if self.early_stop is not None and self.early_stop.update(metrics, self.iteration):
+                    stopping = True
+                    es = self.early_stop
+                    self.log(
+                        f"early stop at iteration {self.iteration}: no {es.metric} "
+                        f"improvement in {es.patience} evaluations (best {es.best:.4g} "
+                        f"at iteration {es.best_iteration})"
+                    )
+            if cfg.ckpt_every and self.iteration % cfg.ckpt_every == 0:
+                self.save()
+            (signalled,) = distributed.any_over_ranks([stop.requested], self.device)
+            if signalled:
+                if self.last_checkpoint != str(self._checkpoint_path()):
                     self.save()
-        except NonFiniteLossError:
-            bar.close()
-            loggers.close()
-            raise
-        bar.close()
+                signum = stop.signum if stop.signum is not None else signal.SIGTERM
+                raise TrainingInterrupted(signum, self.iteration, self.last_checkpoint)
         self.save()
+        if self.skipped_steps:
+            self.log(f"{self.skipped_steps} step(s) skipped for a non-finite loss")
         if self.val_set is not None and evaluated_at != self.iteration:
             metrics = self.evaluate()
             loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
-        loggers.close()
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if self.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
+    def _checkpoint_path(self) -> Path:
+        return self.ckpt_dir / f"iter_{self.iteration:07d}.pt"
+
     def _out_of_time(self, start: float, start_iter: int, budget: float, bar: tqdm) -> bool:
-        elapsed = time.monotonic() - start
+        """True once ``budget`` seconds have passed; rank 0's clock decides for all ranks."""
+        elapsed = distributed.broadcast_object(time.monotonic() - start)
         done = self.iteration - start_iter
         if self.cfg.train.max_iters is None and self.cfg.train.epochs is None and done == 20:
             # Re-plan the schedule's length once from the measured speed.
@@ -430,51 +542,97 @@ class Trainer:
     @torch.no_grad()
     def predict(self, dataset: Any) -> list[dict[str, Any]]:
         """COCO-format results for ``dataset`` (boxes in original image pixels), predicted
-        by ``eval_model`` (the EMA weights when enabled)."""
+        by ``eval_model`` (the EMA weights when enabled) in this process alone."""
         return predict_dataset(self.eval_model, dataset, self.cfg, self.device)
 
     def evaluate(self, dataset: Any = None) -> dict[str, float]:
+        """Metrics of ``eval_model`` on ``dataset`` (default: the validation set). Called by
+        every rank: each predicts its shard of the batches, rank 0 scores their union
+        (the same results, in the same order, as a 1-process run) and shares the metrics."""
         dataset = dataset or self.val_set
-        results = self.predict(dataset)
-        metrics = evaluate_results(dataset.coco_ground_truth(), results, self.cfg.eval.metric)
-        if self.cfg.eval.metric == "coco":
-            self.log(format_coco_table(metrics))
-        else:
-            self.log(json.dumps(metrics))
-        return metrics
+        shard = predict_dataset(
+            self.eval_model, dataset, self.cfg, self.device, self.rank, self.world_size
+        )
+        results = merge_shards(distributed.gather_objects(shard)) if self.world_size > 1 else shard
+        metrics = None
+        if self.is_main:
+            metrics = evaluate_results(dataset.coco_ground_truth(), results, self.cfg.eval.metric)
+            if self.cfg.eval.metric == "coco":
+                self.log(format_coco_table(metrics))
+            else:
+                self.log(json.dumps(metrics))
+        return distributed.broadcast_object(metrics)
+
+
+def evaluation_batches(num_images: int, batch_size: int, rank: int, world_size: int) -> list:
+    """Batch ``b`` of the sequential order (``batch_size`` images) goes to rank
+    ``b % world_size``: each batch is padded and predicted exactly as in 1 process."""
+    starts = range(rank * batch_size, num_images, world_size * batch_size)
+    return [list(range(s, min(s + batch_size, num_images))) for s in starts]
+
+
+def merge_shards(shards: list[list[dict]]) -> list[dict]:
+    """The union of the ranks' ``predict_dataset`` shards in 1-process order: rank ``r``'s
+    ``k``-th batch is global batch ``k · world_size + r``."""
+    world = len(shards)
+    by_batch: dict[int, list[dict]] = {}
+    for r, shard in enumerate(shards):
+        for result in shard:
+            by_batch.setdefault(result["_batch"] * world + r, []).append(result)
+    return [
+        {k: v for k, v in result.items() if k != "_batch"}
+        for b in sorted(by_batch)
+        for result in by_batch[b]
+    ]
 
 
 @torch.no_grad()
-def predict_dataset(model: Any, dataset: Any, cfg: Any, device: torch.device) -> list[dict]:
+def predict_dataset(
+    model: Any,
+    dataset: Any,
+    cfg: Any,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[dict]:
+    """COCO-format results of ``model`` on ``dataset`` (sequential batches of
+    ``data.val_batch_size``). With ``world_size > 1`` only this rank's batches
+    (``evaluation_batches``), each result tagged ``_batch`` (its local batch number)
+    for ``merge_shards``."""
     from tunedet.evaluation import detections_to_coco_results
 
-    loader = build_loader(
-        dataset,
-        cfg.data.val_transforms,
-        batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        size_divisor=cfg.data.size_divisor,
+    if cfg.eval.sliced is not None:  # whole images through tiles (engine/sliced_inference.py)
+        return sliced_predict_dataset(model, dataset, cfg, device, rank, world_size)
+    batch_size = cfg.data.val_batch_size or cfg.data.batch_size
+    common = dict(
+        seed=cfg.seed, num_workers=cfg.data.num_workers, size_divisor=cfg.data.size_divisor
     )
+    if world_size > 1:
+        batches = evaluation_batches(len(dataset), batch_size, rank, world_size)
+        loader = build_loader(dataset, cfg.data.val_transforms, batch_sampler=batches, **common)
+    else:
+        loader = build_loader(dataset, cfg.data.val_transforms, batch_size=batch_size, **common)
     gt = dataset.coco_ground_truth()
     label_to_category = sorted(c["id"] for c in gt["categories"])
     model.eval()
     results: list[dict] = []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not cfg.train.progress):
+    show = cfg.train.progress and rank == 0
+    for index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not show)):
         batch = batch.to(device)
         predictions = model.predict(batch.images, batch.image_sizes)
         if cfg.eval.score_thr is not None:
             predictions = [
                 {k: v[p["scores"] >= cfg.eval.score_thr] for k, v in p.items()} for p in predictions
             ]
-        results.extend(
-            detections_to_coco_results(
-                predictions,
-                [m["image_id"] for m in batch.metas],
-                [m["scale"] for m in batch.metas],
-                label_to_category,
-            )
+        batch_results = detections_to_coco_results(
+            predictions,
+            [m["image_id"] for m in batch.metas],
+            [m["scale"] for m in batch.metas],
+            label_to_category,
         )
+        if world_size > 1:
+            batch_results = [{**r, "_batch": index} for r in batch_results]
+        results.extend(batch_results)
     return results
 
 

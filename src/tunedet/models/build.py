@@ -64,6 +64,8 @@ def _injected_for(kind: str, parts: dict[str, Any]) -> dict[str, Any]:
     if kind == "head":
         feature_source = parts.get("neck", parts.get("backbone"))
         injected = {"in_channels": feature_source.out_channels}
+        if hasattr(feature_source, "strides"):  # heads with per-level parts (fcos scales)
+            injected["strides"] = tuple(feature_source.strides)
         if "anchor_generator" in parts:
             injected["num_anchors"] = parts["anchor_generator"].num_anchors_per_location
         return injected

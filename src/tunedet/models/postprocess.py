@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
+
+from tunedet.boxes.nms import batched_soft_nms
+
+NMSType = Literal["hard", "soft_linear", "soft_gaussian"]
 
 
 def postprocess_detections(
@@ -16,8 +22,11 @@ def postprocess_detections(
     image_sizes: Tensor,
     score_thr: float = 0.05,
     pre_nms_topk: int = 1000,
-    nms_iou: float = 0.5,
+    nms_iou: float | None = 0.5,
     max_dets: int = 100,
+    score_factors: Tensor | None = None,
+    nms_type: NMSType = "hard",
+    soft_nms_sigma: float = 0.5,
 ) -> list[dict[str, Tensor]]:
     """Detections per image from sigmoid class logits and box deltas (RetinaNet style).
 
@@ -28,13 +37,22 @@ def postprocess_detections(
     sigmoid score > ``score_thr`` are kept; only those are decoded, clipped to the
     image and passed to class-wise NMS at ``nms_iou`` (one ``batched_nms`` call for
     the whole batch, grouped by (image, class)); the ``max_dets`` best remain.
+    ``nms_type`` "soft_linear" / "soft_gaussian" replaces hard NMS by batched Soft-NMS
+    (``boxes/nms.py``: linear decay above ``nms_iou``, Gaussian with ``soft_nms_sigma``),
+    dropping boxes whose decayed score falls below ``score_thr``; scores are the decayed ones.
+    ``score_factors (B, A)`` probabilities (FCOS/ATSS centerness) make the score
+    ``sqrt(sigmoid(logit) · factor)`` before the threshold and top-k; ``nms_iou=None``
+    skips NMS (set-prediction heads trained one-to-one): the best ``max_dets`` remain.
     Returns one dict per image: ``boxes (K, 4)`` xyxy, ``scores (K,)``, ``labels (K,)``.
     """
     num_images, _, num_classes = cls_logits.shape
     scores, pair_index = [], []
     start = 0
     for count in num_anchors_per_level:
-        level_scores = cls_logits[:, start : start + count].sigmoid().flatten(1)  # (B, A_l·C)
+        level_scores = cls_logits[:, start : start + count].sigmoid()
+        if score_factors is not None:
+            level_scores = (level_scores * score_factors[:, start : start + count, None]).sqrt()
+        level_scores = level_scores.flatten(1)  # (B, A_l·C)
         k = min(pre_nms_topk, level_scores.shape[1])
         top = level_scores.topk(k, dim=1)
         scores.append(top.values)
@@ -54,7 +72,18 @@ def postprocess_detections(
     limits = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=1)
     boxes = torch.minimum(boxes.clamp(min=0), limits)
 
-    keep = batched_nms(boxes, scores, image_index * num_classes + labels, nms_iou)
+    groups = image_index * num_classes + labels
+    if nms_iou is None:
+        keep = scores.argsort(descending=True)
+    elif nms_type == "hard":
+        keep = batched_nms(boxes, scores, groups, nms_iou)
+    else:
+        method = "linear" if nms_type == "soft_linear" else "gaussian"
+        keep, soft_scores = batched_soft_nms(
+            boxes, scores, groups, method, nms_iou, soft_nms_sigma, score_thr
+        )
+        scores = scores.clone()
+        scores[keep] = soft_scores
     # keep is sorted by decreasing score; a stable sort by image keeps that order per image
     keep = keep[image_index[keep].sort(stable=True).indices]
     kept_images = image_index[keep]

@@ -4,7 +4,21 @@ Importing this package registers every backbone.
 """
 
 from tunedet.models.backbones.base import MultiLevelBackbone
+from tunedet.models.backbones.darknet import Darknet53, TinyDarknet
+from tunedet.models.backbones.mobilenet import MobileNetV2Backbone
 from tunedet.models.backbones.resnet import ResNetBackbone, resnet18, resnet34, resnet50
 from tunedet.models.backbones.tiny_cnn import TinyCNN
+from tunedet.models.backbones.vgg import VGG
 
-__all__ = ["MultiLevelBackbone", "ResNetBackbone", "TinyCNN", "resnet18", "resnet34", "resnet50"]
+__all__ = [
+    "VGG",
+    "Darknet53",
+    "MobileNetV2Backbone",
+    "MultiLevelBackbone",
+    "ResNetBackbone",
+    "TinyCNN",
+    "TinyDarknet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+]

@@ -5,20 +5,39 @@ The torchvision network is wrapped, not re-written: its stem and
 state dict loads), ``avgpool``/``fc`` and the stages after the last requested
 one are dropped. Stage indices: 0 = stem (conv1+bn1), 1..4 = layer1..layer4
 (C2..C5, strides 4, 8, 16, 32).
+
+``init`` starts the network from weights (``models/pretrained.py``): ``none`` (random),
+``imagenet`` (torchvision's ``IMAGENET1K_V1`` weights, the ones its detectors start
+from) or a file path (a torchvision classification state dict, or a detector checkpoint
+whose backbone sits under ``backbone.`` / ``backbone.body.``). The weights are loaded
+while the model is built, so a missing file fails before any training work.
+
+Freezing, in other toolboxes' terms: torchvision's ``trainable_backbone_layers = t``
+(0..5) is ``frozen_stages = 4 - t``; Detectron's ``FREEZE_AT = f`` (0 none, 1 stem,
+2 stem + res2, ...) is ``frozen_stages = f - 1``. torchvision only switches off the
+gradients of those stages; here they are also kept in eval mode (their BatchNorm
+statistics stop moving), which matters only with ``norm: bn``.
 """
 
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
 import torchvision
+from pydantic import Field
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from tunedet.config.registry import register
 from tunedet.models.backbones.base import FrozenStages, MultiLevelBackbone, check_out_indices
 from tunedet.models.layers import make_norm
+from tunedet.models.pretrained import (
+    PretrainedWeightsError,
+    backbone_init_state,
+    load_backbone_state,
+)
 
 ResNetNorm = Literal["bn", "frozen_bn", "gn"]
+NormEps = Annotated[float, Field(ge=0)]
 
 _BUILDERS = {
     18: torchvision.models.resnet18,
@@ -32,18 +51,18 @@ _STAGE_CHANNELS = {
 }
 
 
-def _norm_layer(norm: ResNetNorm):
+def _norm_layer(norm: ResNetNorm, eps: float = 1e-5):
     if norm == "bn":
-        return nn.BatchNorm2d
+        return partial(nn.BatchNorm2d, eps=eps)
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d
+        return partial(FrozenBatchNorm2d, eps=eps)
     if norm == "gn":
         return partial(make_norm, "gn")
     raise ValueError(f"unknown ResNet norm '{norm}' (choices: bn, frozen_bn, gn)")
 
 
 class ResNetBackbone(MultiLevelBackbone):
-    """torchvision ResNet (random init) → list of feature maps for ``out_indices``.
+    """torchvision ResNet → list of feature maps for ``out_indices``.
 
     ``forward(x: (B, 3, H, W)) -> [(B, out_channels[i], H/strides[i], W/strides[i])]``.
     """
@@ -55,18 +74,27 @@ class ResNetBackbone(MultiLevelBackbone):
         frozen_stages: int = -1,
         norm_eval: bool = False,
         norm: ResNetNorm = "bn",
+        init: str = "none",
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         if depth not in _BUILDERS:
             raise ValueError(f"ResNet depth must be one of {sorted(_BUILDERS)}, got {depth}")
+        if init == "imagenet" and norm == "gn":
+            raise PretrainedWeightsError(
+                "backbone init 'imagenet' holds BatchNorm statistics; use norm bn or frozen_bn"
+            )
+        state = backbone_init_state(init, f"resnet{depth}")  # fails before any work
         self.out_indices = check_out_indices(out_indices)
-        net = _BUILDERS[depth](weights=None, norm_layer=_norm_layer(norm))
+        net = _BUILDERS[depth](weights=None, norm_layer=_norm_layer(norm, norm_eps))
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.num_stages = self.out_indices[-1]
         for i in range(1, self.num_stages + 1):
             self.add_module(f"layer{i}", getattr(net, f"layer{i}"))
         self.out_channels = [_STAGE_CHANNELS[depth][i - 1] for i in self.out_indices]
         self.strides = [2 ** (i + 1) for i in self.out_indices]
+        if state is not None:
+            load_backbone_state(self, state, f"'{init}'")
         self.init_freezing(frozen_stages, norm_eval)
 
     def stages(self) -> list[nn.Module]:
@@ -89,9 +117,15 @@ def resnet18(
     frozen_stages: FrozenStages = -1,
     norm_eval: bool = False,
     norm: ResNetNorm = "bn",
+    init: str = "none",
+    norm_eps: NormEps = 1e-5,
 ) -> ResNetBackbone:
-    """ResNet-18 (torchvision, random init): C3–C5 by default, channels 128/256/512."""
-    return ResNetBackbone(18, out_indices, frozen_stages, norm_eval, norm)
+    """ResNet-18 (torchvision): C3–C5 by default, channels 128/256/512.
+
+    ``init``: none | imagenet | a weights file; ``norm_eps``: the BatchNorm epsilon
+    (torchvision's COCO RetinaNet v1 checkpoint uses 0 in its frozen BN).
+    """
+    return ResNetBackbone(18, out_indices, frozen_stages, norm_eval, norm, init, norm_eps)
 
 
 @register("backbone", "resnet34")
@@ -100,9 +134,15 @@ def resnet34(
     frozen_stages: FrozenStages = -1,
     norm_eval: bool = False,
     norm: ResNetNorm = "bn",
+    init: str = "none",
+    norm_eps: NormEps = 1e-5,
 ) -> ResNetBackbone:
-    """ResNet-34 (torchvision, random init): C3–C5 by default, channels 128/256/512."""
-    return ResNetBackbone(34, out_indices, frozen_stages, norm_eval, norm)
+    """ResNet-34 (torchvision): C3–C5 by default, channels 128/256/512.
+
+    ``init``: none | imagenet | a weights file; ``norm_eps``: the BatchNorm epsilon
+    (torchvision's COCO RetinaNet v1 checkpoint uses 0 in its frozen BN).
+    """
+    return ResNetBackbone(34, out_indices, frozen_stages, norm_eval, norm, init, norm_eps)
 
 
 @register("backbone", "resnet50")
@@ -111,6 +151,12 @@ def resnet50(
     frozen_stages: FrozenStages = -1,
     norm_eval: bool = False,
     norm: ResNetNorm = "bn",
+    init: str = "none",
+    norm_eps: NormEps = 1e-5,
 ) -> ResNetBackbone:
-    """ResNet-50 (torchvision, random init): C3–C5 by default, channels 512/1024/2048."""
-    return ResNetBackbone(50, out_indices, frozen_stages, norm_eval, norm)
+    """ResNet-50 (torchvision): C3–C5 by default, channels 512/1024/2048.
+
+    ``init``: none | imagenet | a weights file; ``norm_eps``: the BatchNorm epsilon
+    (torchvision's COCO RetinaNet v1 checkpoint uses 0 in its frozen BN).
+    """
+    return ResNetBackbone(50, out_indices, frozen_stages, norm_eval, norm, init, norm_eps)

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from tunedet.assigners.base import AssignResult
 from tunedet.config.registry import register
-from tunedet.models.postprocess import postprocess_detections
+from tunedet.engine.distributed import mean_count_over_ranks
+from tunedet.models.postprocess import NMSType, postprocess_detections
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -83,6 +84,8 @@ class RetinaNet(nn.Module):
         pre_nms_topk: Annotated[int, Field(ge=1)] = 1000,
         nms_iou: Fraction = 0.5,
         max_dets: Annotated[int, Field(ge=1)] = 100,
+        nms_type: NMSType = "hard",
+        soft_nms_sigma: Annotated[float, Field(gt=0)] = 0.5,
     ):
         super().__init__()
         self.backbone = backbone
@@ -100,6 +103,8 @@ class RetinaNet(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.nms_iou = nms_iou
         self.max_dets = max_dets
+        self.nms_type = nms_type
+        self.soft_nms_sigma = soft_nms_sigma
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
         """images: (B, 3, H, W) → cls_logits (B, A, C), box_deltas (B, A, 4),
@@ -174,7 +179,7 @@ class RetinaNet(nn.Module):
                 sampled = self.sampler.sample(assigned)
             sampled &= matched >= 0  # ignored anchors (-1) take no loss
         sampled_positive = positive & sampled
-        num_pos = sampled_positive.sum().clamp(min=1).to(cls_logits.dtype)
+        num_pos = mean_count_over_ranks(sampled_positive.sum().to(cls_logits.dtype))
         cls_term = torch.where(sampled, cls_values, 0.0).sum() / num_pos
         box_values = box_values[sampled_positive[positive]]
         box_term = box_values.sum() / num_pos * self.box_loss_weight
@@ -209,4 +214,6 @@ class RetinaNet(nn.Module):
             pre_nms_topk=self.pre_nms_topk,
             nms_iou=self.nms_iou,
             max_dets=self.max_dets,
+            nms_type=self.nms_type,
+            soft_nms_sigma=self.soft_nms_sigma,
         )

@@ -5,6 +5,10 @@ with nearest upsampling to the lateral's exact size (odd input sizes work).
 Extra levels beyond the inputs are stride-2 3×3 convs: the first from C5
 (``extra_source="input"``) or P5 (``"output"``), the next ones from the level
 below, with a ReLU before them when ``relu_before_extra`` (RetinaNet's P7).
+
+Weight init (``init``): ``xavier_uniform`` (mmdetection's), or ``kaiming_uniform``:
+``kaiming_uniform_(a=1)``, i.e. ``U(±sqrt(3 / fan_in))``, torchvision's FPN and
+Detectron2's ``c2_xavier_fill``; biases start at 0 either way.
 """
 
 from typing import Annotated, Literal
@@ -34,6 +38,7 @@ class FPN(nn.Module):
         extra_source: Literal["input", "output"] = "output",
         relu_before_extra: bool = True,
         norm: NormKind = "none",
+        init: Literal["xavier_uniform", "kaiming_uniform"] = "xavier_uniform",
     ):
         super().__init__()
         if len(in_channels) != len(in_strides) or not in_channels:
@@ -67,12 +72,15 @@ class FPN(nn.Module):
             self.extra_convs.append(
                 ConvNormAct(source_channels, out_channels, 3, stride=2, norm=norm, act="none")
             )
-        self._init_weights()
+        self._init_weights(init)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, init: str) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
+                if init == "kaiming_uniform":
+                    nn.init.kaiming_uniform_(m.weight, a=1)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 

@@ -1,0 +1,263 @@
+"""tunedet's trees recipe vs ultralytics YOLOv8n on the trees data: same patches, same
+wall-clock budget, same CPU threads, scored by the same COCO evaluator.
+
+Data (``../shared/data/trees``, Pascal VOC): 400 x 400 patches. Held out: the right third
+of ``2019_YELL_2_541000_4977000_image_crop.png`` (x >= 2/3 of its width), cut into
+400-px patches flush with the right edge (x from W - 400; rows at y = 0, (H - 400) / 2,
+H - 400; they overlap, and each patch is scored on its own). Training: 400-px patches
+(stride 200) of the left two thirds of that image (windows end before x = 2/3 W, so no
+held-out pixel is seen), plus the whole of ``OSBS_029`` and ``SOAP_061`` (400 x 400 each;
+SOAP's Alive/Dead are renamed Tree). A box is kept in a patch when at least half of it is
+inside (then clipped). The same patch files feed both tools (VOC XML for tunedet, YOLO
+txt for ultralytics).
+
+ultralytics (AGPL) is a benchmark-only dependency, never imported by tunedet: it runs in a
+subprocess of ``--yolo-python`` (a Python with ``ultralytics`` installed; default: this
+one). Both trainers get ``--threads`` (OMP_NUM_THREADS and torch.set_num_threads) and
+``--minutes`` of training wall time (tunedet: ``train.max_minutes``; ultralytics:
+``time=`` hours, which re-plans its epochs and LR schedule to fit). Prediction and
+scoring are not in the budget. YOLOv8n is built from ``yolov8n.yaml``, no pretrained
+weights, ``imgsz`` 416 (the 400-px patches padded), its default augmentation.
+
+    python benchmarks/trees_vs_yolo.py --minutes 15 --seeds 0,1 --yolo-python /tmp/yv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tunedet.data.build import build_dataset
+from tunedet.evaluation import coco_evaluate
+
+TREES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trees"
+YELL = "2019_YELL_2_541000_4977000_image_crop"
+PATCH = 400
+
+
+def _windows(start: int, stop: int, size: int, stride: int) -> list[int]:
+    """Window origins covering [start, stop) with windows of ``size`` inside it."""
+    if stop - start <= size:
+        return [start]
+    origins = list(range(start, stop - size + 1, stride))
+    if origins[-1] != stop - size:
+        origins.append(stop - size)
+    return origins
+
+
+def _crop(image, boxes, x0, y0, size, min_visible=0.5):
+    window = np.array([x0, y0, x0 + size, y0 + size], np.float32)
+    clipped = np.concatenate(
+        [np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1
+    )
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    inter = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(
+        clipped[:, 3] - clipped[:, 1], 0, None
+    )
+    keep = inter >= min_visible * np.maximum(area, 1e-6)
+    out = clipped[keep] - np.array([x0, y0, x0, y0], np.float32)
+    return image[y0 : y0 + size, x0 : x0 + size], out
+
+
+def _write_patch(folder: Path, name: str, image: np.ndarray, boxes: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = f"{name}.png"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", image.shape[1]), ("height", image.shape[0]), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    for box in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = "Tree"
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+            ET.SubElement(bndbox, tag).text = f"{value:.1f}"
+    ET.ElementTree(root).write(folder / f"{name}.xml")
+    # the same patch as YOLO txt (class cx cy w h, normalised) for ultralytics
+    h, w = image.shape[:2]
+    lines = [
+        f"0 {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+        f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+        for b in boxes
+    ]
+    (folder / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _full_image(stem: str):
+    dataset = build_dataset(
+        {"type": "voc", "root": str(TREES), "files": [stem], "rename": {"Alive": "Tree", "Dead": "Tree"}}
+    )
+    sample = dataset[0]
+    return sample["image"], sample["boxes"]
+
+
+def make_patches(out: Path) -> dict[str, int]:
+    """Write ``out/train`` and ``out/heldout`` (png + VOC xml + YOLO txt); returns counts."""
+    counts = {"train_patches": 0, "train_boxes": 0, "heldout_patches": 0, "heldout_boxes": 0}
+    image, boxes = _full_image(YELL)
+    height, width = image.shape[:2]
+    split_x = int(round(width * 2 / 3))
+    for y0 in _windows(0, height, PATCH, PATCH // 2):
+        for x0 in _windows(0, split_x, PATCH, PATCH // 2):
+            crop, crop_boxes = _crop(image, boxes, x0, y0, PATCH)
+            _write_patch(out / "train", f"yell_{x0}_{y0}", crop, crop_boxes)
+            counts["train_patches"] += 1
+            counts["train_boxes"] += len(crop_boxes)
+        # held out: flush with the right edge, three rows
+    for y0 in sorted({0, (height - PATCH) // 2, height - PATCH}):
+        crop, crop_boxes = _crop(image, boxes, width - PATCH, y0, PATCH)
+        _write_patch(out / "heldout", f"yell_{width - PATCH}_{y0}", crop, crop_boxes)
+        counts["heldout_patches"] += 1
+        counts["heldout_boxes"] += len(crop_boxes)
+    for stem in ("OSBS_029", "SOAP_061"):
+        image, boxes = _full_image(stem)
+        crop, crop_boxes = _crop(image, boxes, 0, 0, PATCH)
+        _write_patch(out / "train", stem, crop, crop_boxes)
+        counts["train_patches"] += 1
+        counts["train_boxes"] += len(crop_boxes)
+    return counts
+
+
+def heldout_ground_truth(patches: Path) -> dict:
+    return build_dataset({"type": "voc", "root": str(patches / "heldout")}).coco_ground_truth()
+
+
+def train_tunedet(config: str, patches: Path, run: Path, minutes: float, seed: int,
+                  threads: int, overrides: list[str]) -> dict:
+    from tunedet.config.loader import load_config
+    from tunedet.engine.trainer import Trainer
+
+    cfg = load_config(
+        config,
+        [
+            f"data.train.root={patches / 'train'}",
+            f"data.val={{type: voc, root: {patches / 'heldout'}}}",
+            f"train.max_minutes={minutes}",
+            "train.max_iters=null",
+            "train.epochs=null",
+            "train.eval_every=0",
+            f"seed={seed}",
+            f"threads={threads}",
+            *overrides,
+        ],
+    )
+    torch_threads(threads)
+    start = time.monotonic()
+    trainer = Trainer(cfg, run, log=lambda *_: None)
+    metrics = trainer.train()  # scores the held-out patches once, after the budget
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "iterations": trainer.iteration,
+            "wall_min": (time.monotonic() - start) / 60}
+
+
+def torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+YOLO_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    torch.set_num_threads({threads})
+    from ultralytics import YOLO
+    model = YOLO("yolov8n.yaml")
+    model.train(data={data!r}, imgsz=416, epochs=10000, time={hours!r}, device="cpu",
+                workers=0, seed={seed}, deterministic=False, pretrained=False, amp=False,
+                plots=False, val=False, batch=16, project={project!r}, name="yolo",
+                exist_ok=True, verbose=False)
+    model = YOLO({project!r} + "/yolo/weights/last.pt")
+    out = []
+    for result in model.predict(source={images!r}, imgsz=416, conf=0.001, iou=0.7,
+                                max_det=300, device="cpu", verbose=False, stream=True):
+        boxes = result.boxes
+        out.append({{"file": result.path, "boxes": boxes.xyxy.tolist(),
+                     "scores": boxes.conf.tolist(), "labels": boxes.cls.int().tolist()}})
+    json.dump(out, open({result_file!r}, "w"))
+    """
+)
+
+
+def train_yolo(python: str, patches: Path, run: Path, minutes: float, seed: int,
+               threads: int, gt: dict) -> dict:
+    data = run / "data.yaml"
+    run.mkdir(parents=True, exist_ok=True)
+    data.write_text(
+        f"path: {patches}\ntrain: train\nval: heldout\nnames:\n  0: Tree\n"
+    )
+    images = sorted(str(p) for p in (patches / "heldout").glob("*.png"))
+    result_file = run / "predictions.json"
+    script = YOLO_SCRIPT.format(threads=threads, data=str(data), hours=minutes / 60, seed=seed,
+                                project=str(run), images=images, result_file=str(result_file))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
+    start = time.monotonic()
+    subprocess.run([python, "-c", script], check=True, env=env, cwd=run)
+    wall = (time.monotonic() - start) / 60
+    ids = {Path(im["file_name"]).stem: im["id"] for im in gt["images"]}
+    category = gt["categories"][0]["id"]
+    results = []
+    for item in json.loads(result_file.read_text()):
+        image_id = ids[Path(item["file"]).stem]
+        for (x0, y0, x1, y1), score in zip(item["boxes"], item["scores"], strict=True):
+            results.append({"image_id": image_id, "category_id": category,
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+    metrics = coco_evaluate(gt, results)
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "wall_min": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="trees/patches_fast")
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--yolo-python", default=sys.executable)
+    parser.add_argument("--skip-yolo", action="store_true")
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("overrides", nargs="*", help="extra overrides of the tunedet recipe")
+    args = parser.parse_args()
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="trees_vs_yolo_"))
+    patches = work / "patches"
+    counts = make_patches(patches)
+    gt = heldout_ground_truth(patches)
+    print(f"patches in {patches}: {counts}", flush=True)
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        ours = train_tunedet(args.config, patches, work / f"tunedet_{seed}", args.minutes,
+                             seed, args.threads, args.overrides)
+        print(f"seed {seed} tunedet: {ours}", flush=True)
+        theirs = None
+        if not args.skip_yolo:
+            theirs = train_yolo(args.yolo_python, patches, work / f"yolo_{seed}", args.minutes,
+                                seed, args.threads, gt)
+            print(f"seed {seed} YOLOv8n: {theirs}", flush=True)
+        rows.append((seed, ours, theirs))
+
+    print(f"\n{args.minutes:g} min training, {args.threads} threads, held-out patches: "
+          f"{counts['heldout_patches']} ({counts['heldout_boxes']} boxes)\n")
+    print("| seed | tunedet AP | tunedet AP50 | YOLOv8n AP | YOLOv8n AP50 | AP50 ratio |")
+    print("|---|---|---|---|---|---|")
+    for seed, ours, theirs in rows:
+        if theirs is None:
+            print(f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | – | – | – |")
+            continue
+        ratio = ours["AP50"] / theirs["AP50"] if theirs["AP50"] > 0 else float("inf")
+        print(f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | {theirs['AP']:.3f} | "
+              f"{theirs['AP50']:.3f} | {ratio:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""``tunedet tune CONFIG SPACE.yaml [overrides]``: hyper-parameter search with Optuna.
+
+See ``tunedet.tuning.study`` (storage, budget, pruning) and ``tunedet.tuning.space``
+(the space file). Prints one line per trial, then the results table; writes
+``OUT/results.md``, ``OUT/best_config.yaml`` and ``OUT/importance.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tunedet.tuning.space import check_against_config, load_space
+    from tunedet.tuning.study import (
+        TuneJob,
+        counted,
+        default_storage,
+        optimize,
+        redact,
+        results_table,
+        write_best_config,
+    )
+
+    space = load_space(args.space)
+    if args.trials is None and args.timeout_min is None:
+        raise ValueError("give a budget: --trials N and/or --timeout-min M")
+    out = Path(args.out or Path("runs/tune") / (args.study or Path(args.config).stem))
+    out.mkdir(parents=True, exist_ok=True)
+    check_against_config(space, args.config, args.overrides)
+    job = TuneJob(
+        config=args.config,
+        space=space,
+        out=out,
+        base_overrides=list(args.overrides),
+        storage=args.storage or default_storage(out),
+        study_name=args.study or Path(args.config).stem,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        trials=args.trials,
+        timeout_min=args.timeout_min,
+        seed=args.seed,
+    )
+    if args.sampler == "grid":
+        size = space.grid_size()
+        print(f"grid of {size} combinations")
+    from tunedet.config.loader import load_config
+
+    if args.pruner != "none" and not load_config(args.config, args.overrides).train.eval_every:
+        print("note: train.eval_every is 0, so no trial is evaluated before its end: no pruning")
+    print(f"study '{job.study_name}' in {redact(job.storage)}; trial runs in {out / 'trials'}")
+    study = optimize(job)
+
+    table = results_table(study, space)
+    print(table)
+    (out / "results.md").write_text(table + "\n")
+    best = write_best_config(study, job)
+    if best is None:
+        print("no trial completed: no best config")
+        return 0
+    path, overrides = best
+    print(f"best: trial {study.best_trial.number}, {space.metric}={study.best_value:.4f}")
+    print(f"best config: {path}")
+    print(f"best overrides: {' '.join(repr(o) for o in overrides)}")
+    _importance(study, space.metric, out)
+    print(f"{counted(study)} trials in the study; results: {out / 'results.md'}")
+    return 0
+
+
+def _importance(study, metric: str, out: Path) -> None:
+    from optuna.trial import TrialState
+
+    from tunedet.tuning.importance import param_importances, plot_importances
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        print("importance plot needs 2 completed trials: skipped")
+        return
+    try:
+        importances, method = param_importances(study)
+    except (RuntimeError, ValueError) as error:  # e.g. no parameter varies across trials
+        print(f"importance plot skipped: {error}")
+        return
+    if not importances:
+        print("importance plot skipped: no parameter is shared by all completed trials")
+        return
+    path = plot_importances(importances, method, metric, len(complete), out / "importance.png")
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+    print(f"importance ({method}): {shares}; plot: {path}")
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "tune", help="search config keys with Optuna (TPE, pruning, SQLite/PostgreSQL studies)"
+    )
+    p.add_argument("config", help="config path or built-in name (retinanet/demo)")
+    p.add_argument("space", help="search-space YAML (see docs/TUNING.md)")
+    p.add_argument("overrides", nargs="*", help="fixed dotted overrides for every trial")
+    p.add_argument("--trials", type=int, help="total trials of the study (complete + pruned)")
+    p.add_argument("--timeout-min", type=float, help="stop starting trials after M minutes")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--study", help="study name (default: the config's name)")
+    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
+    p.add_argument("--seed", type=int, help="sampler seed (default: random)")
+    p.add_argument("--out", help="output folder (default: runs/tune/<study>)")
+    p.set_defaults(func=cmd_tune)

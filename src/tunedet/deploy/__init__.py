@@ -1,0 +1,26 @@
+"""CPU deployment: conv-BN folding, channels_last, ONNX / TorchScript export checked
+against eager PyTorch (SPEC S15)."""
+
+from tunedet.deploy.export import (
+    DenseNetwork,
+    ExportedDetector,
+    detections_equal,
+    detections_from_dense,
+    export_dense,
+    feature_sizes,
+    max_abs_difference,
+)
+from tunedet.deploy.fold import fold_bn_into_conv, fold_conv_bn, to_channels_last
+
+__all__ = [
+    "DenseNetwork",
+    "ExportedDetector",
+    "detections_equal",
+    "detections_from_dense",
+    "export_dense",
+    "feature_sizes",
+    "fold_bn_into_conv",
+    "fold_conv_bn",
+    "max_abs_difference",
+    "to_channels_last",
+]

@@ -1,0 +1,117 @@
+"""Train and inference throughput of a detector, each deployment step checked then timed.
+
+Inference paths (post-processing in torch after the dense network for all of them):
+``eager`` (``detector.predict``), ``folded + channels_last`` (conv-BN folded, NHWC
+weights and input) and ``onnxruntime`` (the dense network exported to ONNX). Each path's
+detections are compared with eager's before anything is timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tunedet.deploy.export import ExportedDetector, detections_equal, export_dense
+from tunedet.deploy.fold import fold_conv_bn, to_channels_last
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def describe(times: list[float], images: int) -> str:
+    """``median img/s [min–max]`` over the timed calls."""
+    rates = sorted(images / t for t in times)
+    return f"{statistics.median(rates):7.1f} img/s [{rates[0]:.1f}–{rates[-1]:.1f}]"
+
+
+def train_step_times(
+    detector: nn.Module, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor, repeats: int
+) -> list[float]:
+    """Seconds per training step (loss, backward, SGD step) on one fixed batch."""
+    detector.train()
+    optimizer = torch.optim.SGD(detector.parameters(), lr=1e-4, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        sum(detector.loss(images, gt_boxes, gt_labels).values()).backward()
+        optimizer.step()
+
+    times = time_calls(step, repeats)
+    detector.eval()
+    return times
+
+
+def inference_paths(
+    detector: nn.Module,
+    image_size: int,
+    threads: int | None = None,
+    work_dir: str | Path | None = None,
+    onnx: bool = True,
+) -> dict[str, Callable[[Tensor, Tensor], list[dict[str, Tensor]]]]:
+    """The inference paths by name, each ``(images, image_sizes) -> detections``."""
+    detector = detector.eval()
+    fast, _ = fold_conv_bn(detector)
+    fast = to_channels_last(fast)
+
+    def eager(images, sizes):
+        with torch.inference_mode():
+            return detector.predict(images, sizes)
+
+    def folded(images, sizes):
+        with torch.inference_mode():
+            return fast.predict(images.contiguous(memory_format=torch.channels_last), sizes)
+
+    paths = {"eager": eager, "folded + channels_last": folded}
+    if onnx:
+        folder = Path(work_dir or tempfile.mkdtemp(prefix="tunedet_bench_"))
+        path = export_dense(detector, folder / "model.onnx", "onnx", image_size)
+        runner = ExportedDetector(detector, path, "onnx", image_size, threads=threads)
+        paths["onnxruntime"] = runner.predict
+    return paths
+
+
+def inference_speeds(
+    paths: dict[str, Callable],
+    images: Tensor,
+    image_sizes: Tensor,
+    repeats: int,
+    atol: float = 1e-3,
+) -> dict[str, dict]:
+    """Check every path's detections against the first path's, then time them in turns.
+
+    Returns per path ``{"times": [s], "equal": bool, "max_diff": float}``; raises
+    ValueError naming the path when its detections differ (count, labels, or boxes and
+    scores by more than ``atol``).
+    """
+    names = list(paths)
+    reference = paths[names[0]](images, image_sizes)
+    rows = {}
+    for name in names:
+        equal, worst = detections_equal(reference, paths[name](images, image_sizes), atol)
+        if not equal:
+            raise ValueError(f"{name}: detections differ from {names[0]} (max diff {worst:.3g})")
+        rows[name] = {"equal": equal, "max_diff": worst}
+    for name in names:  # warm-up, then round-robin so that machine noise hits all paths alike
+        paths[name](images, image_sizes)
+        rows[name]["times"] = []
+    for _ in range(repeats):
+        for name in names:
+            rows[name]["times"] += time_calls(
+                lambda n=name: paths[n](images, image_sizes), 1, warmup=0
+            )
+    return rows

@@ -1,0 +1,1 @@
+"""Hyper-parameter search and ablation: ``tunedet tune`` and ``tunedet ablate``."""

@@ -1,0 +1,282 @@
+"""``tunedet tune``: an Optuna study whose trials train the config with sampled overrides.
+
+One trial = one training run in ``OUT/trials/NNNN`` with the space's values applied as
+dotted overrides; its value is the final validation metric (``space.metric``). With
+``train.eval_every`` set, every periodic evaluation is reported to Optuna
+(``trial.report(metric, iteration)``) and the pruner may stop the run there.
+
+The study lives in a database: SQLite in ``OUT/study.db`` by default, or any
+SQLAlchemy URL (``postgresql://user:pass@host/db``). Workers started with the same
+storage and study name share it, so several processes or machines fill one study,
+and re-running the command after an interruption continues it. ``--trials N`` is the
+study's total (finished or pruned trials, over every worker and every run); a run
+killed hard leaves its trial RUNNING until the heartbeat's grace period marks it failed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunedet.config.loader import ConfigError, config_to_yaml, load_config
+from tunedet.tuning.space import SearchSpace, overrides_for, params_from_optuna
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "halving", "none")
+HEARTBEAT_S = 60
+GRACE_S = 180
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> Any:
+    """An ``optuna.storages.RDBStorage`` for ``url``; SQLite waits for the file lock (several
+    local workers), every backend gets a heartbeat so a killed worker's trial is failed."""
+    import optuna
+    import sqlalchemy.exc
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+            )
+        except sqlalchemy.exc.DBAPIError as error:
+            # Workers started together race to create the tables: the loser retries and
+            # finds them. A server that is down fails the same way three times.
+            if attempt == 2:
+                raise _storage_error(url, error) from None
+            time.sleep(1 + 2 * attempt)
+        except Exception as error:  # sqlalchemy: bad URL, missing driver
+            raise _storage_error(url, error) from None
+    raise AssertionError("unreachable")
+
+
+def _storage_error(url: str, error: Exception) -> ValueError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f"cannot open study storage {redact(url)}: {first}")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int | None) -> Any:
+    import optuna
+
+    if name == "tpe":
+        # multivariate + group: TPE models the joint density and handles conditional keys.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    raise ValueError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
+
+
+def make_pruner(name: str) -> Any:
+    """median: stop a trial whose metric is below the median of earlier trials at the same
+    evaluation (after 3 finished trials); halving: asynchronous successive halving."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner '{name}' (choose from {', '.join(PRUNERS)})")
+
+
+@dataclass
+class TuneJob:
+    """Everything a worker needs: the base config and overrides, the space, the budget."""
+
+    config: str
+    space: SearchSpace
+    out: Path
+    base_overrides: list[str]
+    storage: str
+    study_name: str
+    sampler: str = "tpe"
+    pruner: str = "median"
+    trials: int | None = None
+    timeout_min: float | None = None
+    seed: int | None = None
+    log: Any = print
+
+
+def trial_config(job: TuneJob, chosen: dict[str, Any]) -> Any:
+    return load_config(job.config, [*job.base_overrides, *overrides_for(chosen)])
+
+
+def run_trial(job: TuneJob, trial: Any) -> float:
+    """The objective: train with the sampled overrides, report each evaluation, return the
+    final metric. Raises ``optuna.TrialPruned`` when the pruner stops the run."""
+    import optuna
+
+    from tunedet.engine.trainer import Trainer
+
+    chosen = job.space.sample(trial)
+    cfg = trial_config(job, chosen)
+    run_dir = job.out / "trials" / f"{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    metric = job.space.metric
+    pruned_at: list[int] = []
+
+    def on_evaluate(iteration: int, metrics: dict[str, float]) -> bool:
+        value = metrics[metric] if metric in metrics else _missing_metric(metric, metrics)
+        trial.report(value, iteration)
+        if trial.should_prune():
+            pruned_at.append(iteration)
+            return True
+        return False
+
+    start = time.monotonic()
+    metrics = Trainer(cfg, run_dir, log=lambda *_: None, on_evaluate=on_evaluate).train()
+    trial.set_user_attr("minutes", (time.monotonic() - start) / 60)
+    trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
+    shown = ", ".join(f"{k}={v}" for k, v in _short(chosen).items())
+    if pruned_at:
+        job.log(f"trial {trial.number}: pruned at iteration {pruned_at[0]} ({shown})")
+        raise optuna.TrialPruned()
+    value = metrics[metric] if metric in metrics else _missing_metric(metric, metrics)
+    job.log(f"trial {trial.number}: {metric}={value:.4f} ({shown})")
+    return float(value)
+
+
+def _missing_metric(metric: str, metrics: dict[str, float]) -> float:
+    # A plain ValueError (not ConfigError, which fails one trial): every trial would fail.
+    raise ValueError(
+        f"the space's metric '{metric}' is not among the metrics ({', '.join(metrics)})"
+    )
+
+
+def _short(chosen: dict[str, Any]) -> dict[str, str]:
+    return {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in chosen.items()}
+
+
+def load_study(job: TuneJob) -> Any:
+    """Create the study, or open it when it exists (a re-run or another worker)."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = open_storage(job.storage)
+    study = optuna.create_study(
+        study_name=job.study_name,
+        storage=storage,
+        pruner=make_pruner(job.pruner),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    # A seeded sampler restarted on an existing study would replay its first picks:
+    # offset the seed by the trials already there (re-runs and extra workers differ).
+    seed = None if job.seed is None else job.seed + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(job.sampler, job.space, seed)
+    return study
+
+
+def counted(study: Any) -> int:
+    """Trials that count against ``--trials``: complete or pruned."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def optimize(job: TuneJob) -> Any:
+    """Run trials until the study holds ``job.trials`` counted trials or ``timeout_min``
+    passes (whichever first); returns the study."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from tunedet.engine.finite_guard import NonFiniteLossError
+
+    study = load_study(job)
+    done = counted(study)
+    if job.trials is not None and done >= job.trials:
+        job.log(f"study '{job.study_name}' already has {done} trials (--trials {job.trials})")
+        return study
+    if done:
+        job.log(f"continuing study '{job.study_name}' ({done} trials so far)")
+    callbacks = []
+    if job.trials is not None:
+        states = (TrialState.COMPLETE, TrialState.PRUNED)
+        callbacks.append(MaxTrialsCallback(job.trials, states=states))
+    study.optimize(
+        lambda trial: run_trial(job, trial),
+        n_trials=None if job.trials is None else job.trials - done,
+        timeout=job.timeout_min * 60 if job.timeout_min else None,
+        callbacks=callbacks,
+        catch=(NonFiniteLossError, ConfigError),
+        gc_after_trial=True,
+    )
+    return study
+
+
+def results_table(study: Any, space: SearchSpace) -> str:
+    """Markdown table of the study's trials, best first; pruned trials show their last
+    reported value and iteration, failed ones their state."""
+    from optuna.trial import TrialState
+
+    keys = [p.key for p in space.params]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            value, note = t.value, "complete"
+        elif t.state == TrialState.PRUNED and t.intermediate_values:
+            step = max(t.intermediate_values)
+            value, note = t.intermediate_values[step], f"pruned at {step}"
+        else:
+            value, note = None, t.state.name.lower()
+        params = params_from_optuna(space, t.params)
+        minutes = t.user_attrs.get("minutes")
+        rows.append((t, value, note, params, minutes))
+    order = {"complete": 0}
+    rows.sort(key=lambda r: (order.get(r[2], 1), -(r[1] if r[1] is not None else -math.inf)))
+    head = ["trial", space.metric, "state", *keys, "minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t, value, note, params, minutes in rows:
+        cells = [str(t.number), "" if value is None else f"{value:.4f}", note]
+        cells += [_short({k: params[k]})[k] if k in params else "–" for k in keys]
+        cells.append("" if minutes is None else f"{minutes:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_best_config(study: Any, job: TuneJob) -> tuple[Path, list[str]] | None:
+    """The best trial's fully resolved config as YAML in ``OUT/best_config.yaml``; returns
+    the path and the trial's overrides, or None when no trial completed."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = params_from_optuna(job.space, study.best_trial.params)
+    cfg = trial_config(job, best)
+    path = job.out / "best_config.yaml"
+    header = (
+        f"# best of study '{job.study_name}': trial {study.best_trial.number}, "
+        f"{job.space.metric}={study.best_value:.4f}\n"
+    )
+    path.write_text(header + config_to_yaml(cfg))
+    return path, overrides_for(best)
