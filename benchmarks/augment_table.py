@@ -12,7 +12,7 @@ against the recipe (256-px tiles, batch 8) evaluated on the whole OSBS_029
 image by sliced inference (256-px tiles, overlap 0.25, merged across tiles).
 Both are scored against the same full-image ground truth.
 
-    python benchmarks/augment_table.py --iters 600 [--only demo|trees] [--threads 2]
+    python benchmarks/augment_table.py --iters 600 [--only demo,tiles_sliced] [--threads 1]
 
 One run per row, one seed: differences of a point or two are within seed noise.
 """
@@ -57,6 +57,7 @@ TREES_VAL_FULL = {
     "root": "../shared/data/trees",
     "files": ["OSBS_029"],
     "rename": {"Alive": "Tree", "Dead": "Tree"},
+    "tile_size": None,  # overrides merge into the recipe's spec: untile explicitly
 }
 
 
@@ -66,6 +67,7 @@ def trees_variants(full_size: int) -> dict[str, tuple[str, list[str]]]:
         "root": "../shared/data/trees",
         "files": ["2019_YELL_2_541000_4977000_image_crop", "SOAP_061"],
         "rename": {"Alive": "Tree", "Dead": "Tree"},
+        "tile_size": None,
     }
     resize = f"{{type: resize, size: {full_size}}}"
     return {
@@ -112,19 +114,28 @@ def train_and_score(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=600)
-    parser.add_argument("--only", choices=["demo", "trees"], help="one table only")
+    parser.add_argument(
+        "--only",
+        help="comma-separated tables (demo, trees) or rows (baseline, mosaic, mixup, "
+        "multi_scale, copy_paste, full_resize, tiles_sliced)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-size", type=int, default=512, help="trees: whole-image resize")
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else {"demo", "trees"}
+    demo_rows = [n for n in DEMO_VARIANTS if {"demo", n} & only]
+    trees = trees_variants(args.full_size)
+    trees_rows = [n for n in trees if {"trees", n} & only]
     work = Path(tempfile.mkdtemp(prefix="tunedet_augment_"))
     print(f"torch {torch.__version__}, {args.threads} threads, {args.iters} iterations per run")
     try:
-        if args.only in (None, "demo"):
+        if demo_rows:
             print("\nDemo recipe (synthetic shapes, 200 validation images), batch 16:\n")
-            print("| transforms | AP | AP50 | Δ AP50 | minutes |")
+            print("| transforms | AP | AP50 | Δ AP50 vs first row | minutes |")
             print("|---|---|---|---|---|")
             base = None
-            for name, (label, transforms) in DEMO_VARIANTS.items():
+            for name in demo_rows:
+                label, transforms = DEMO_VARIANTS[name]
                 m = train_and_score(
                     "retinanet/demo",
                     [f"data.train_transforms={transforms}"],
@@ -138,11 +149,12 @@ def main() -> None:
                     f"| {m['minutes']:.1f} |",
                     flush=True,
                 )
-        if args.only in (None, "trees"):
+        if trees_rows:
             print("\nTrees recipe, held-out image OSBS_029 (full-image ground truth):\n")
             print("| training / evaluation | AP | AP50 | minutes |")
             print("|---|---|---|---|")
-            for name, (label, overrides) in trees_variants(args.full_size).items():
+            for name in trees_rows:
+                label, overrides = trees[name]
                 m = train_and_score(
                     "trees/retinanet_tiles", overrides, args.iters, args.threads, work / name
                 )

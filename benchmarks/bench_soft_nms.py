@@ -92,8 +92,12 @@ def classic_numpy(boxes, scores, method, nt=0.3, sigma=0.5, thr=0.001):
         keep.append(int(j))
         kept.append(float(s[j]))
         remaining = remaining[remaining != j]
-        w = np.maximum(0, np.minimum(b[j, 2], b[remaining, 2]) - np.maximum(b[j, 0], b[remaining, 0]))
-        h = np.maximum(0, np.minimum(b[j, 3], b[remaining, 3]) - np.maximum(b[j, 1], b[remaining, 1]))
+        w = np.maximum(
+            0, np.minimum(b[j, 2], b[remaining, 2]) - np.maximum(b[j, 0], b[remaining, 0])
+        )
+        h = np.maximum(
+            0, np.minimum(b[j, 3], b[remaining, 3]) - np.maximum(b[j, 1], b[remaining, 1])
+        )
         inter = w * h
         u = inter / (areas[j] + areas[remaining] - inter)
         if method == "linear":

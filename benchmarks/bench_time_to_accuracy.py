@@ -110,7 +110,9 @@ def run_tunedet(cfg, eval_every: int, target: float, cap_s: float) -> dict:
     def on_evaluate(iteration, metrics):
         train_s = time.monotonic() - start - state["eval_s"]
         state["history"].append((iteration, train_s, metrics["AP50"]))
-        print(f"  tunedet     iter {iteration:5d}  train {train_s:7.1f} s  AP50 {metrics['AP50']:.3f}")
+        print(
+            f"  tunedet     iter {iteration:5d}  train {train_s:7.1f} s  AP50 {metrics['AP50']:.3f}"
+        )
         return metrics["AP50"] >= target or train_s >= cap_s
 
     trainer.evaluate = timed_evaluate

@@ -144,3 +144,25 @@ def test_soft_nms_empty_and_bad_method():
     assert keep.numel() == 0 and kept_scores.numel() == 0
     with pytest.raises(ValueError, match="Soft-NMS method"):
         batched_soft_nms(torch.zeros(1, 4), torch.ones(1), method="cubic")
+
+
+def test_postprocess_soft_gaussian_with_vanishing_sigma_equals_hard_nms_at_zero():
+    """The detector's ``nms_type: soft_gaussian`` path (σ → 0) reduces to its hard NMS path
+    at ``nms_iou = 0`` over the whole batch of (image, class) groups."""
+    from tunedet.boxes import DeltaBoxCoder
+    from tunedet.models.postprocess import postprocess_detections
+
+    g = torch.Generator().manual_seed(0)
+    anchors, _ = random_boxes(300, 8, size=120.0)
+    cls_logits = torch.randn(2, 300, 3, generator=g)
+    box_deltas = torch.randn(2, 300, 4, generator=g) * 0.1
+    sizes = torch.tensor([[128, 128], [100, 120]])
+    common = (cls_logits, box_deltas, anchors, [200, 100], DeltaBoxCoder(), sizes)
+    hard = postprocess_detections(*common, nms_iou=0.0, pre_nms_topk=150)
+    soft = postprocess_detections(
+        *common, nms_iou=0.0, pre_nms_topk=150, nms_type="soft_gaussian", soft_nms_sigma=1e-12
+    )
+    for h, s in zip(hard, soft, strict=True):
+        assert len(h["scores"]) > 0
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(s[key], h[key])

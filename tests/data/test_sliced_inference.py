@@ -203,3 +203,14 @@ def test_an_image_without_detections_gives_empty_tensors(merge):
         merge=merge,
     )
     assert pred["boxes"].shape == (0, 4) and len(pred["scores"]) == len(pred["labels"]) == 0
+
+
+def test_boxes_of_one_tile_never_merge_with_each_other():
+    # two neighbouring crowns seen by tile 0, and the left one's cut-off part in tile 1
+    boxes = torch.tensor([[0.0, 0, 10, 10], [6, 0, 16, 10], [0, 0, 4, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.zeros(3, dtype=torch.long)
+    out = merge_detections(boxes, scores, labels, "nmm", "ios", 0.3, torch.tensor([0, 0, 1]))
+    assert out["boxes"].tolist() == [[0, 0, 10, 10], [6, 0, 16, 10]]
+    chained = merge_detections(boxes, scores, labels, "nmm", "ios", 0.3)  # no tiles given
+    assert chained["boxes"].tolist() == [[0, 0, 16, 10]]

@@ -68,8 +68,10 @@ def test_folded_detector_equals_unfolded_and_has_no_batch_norm_left():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         assert max_abs_difference(detector(x)[:2], folded(x)[:2]) < 1e-4
-    ok, worst = detections_equal(detector.predict(x, torch.tensor([[64, 64]] * 2)),
-                                 folded.predict(x, torch.tensor([[64, 64]] * 2)))
+    ok, worst = detections_equal(
+        detector.predict(x, torch.tensor([[64, 64]] * 2)),
+        folded.predict(x, torch.tensor([[64, 64]] * 2)),
+    )
     assert ok, worst
 
 

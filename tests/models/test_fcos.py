@@ -110,6 +110,23 @@ def test_encoding_assigned_gt_then_decoding_gives_gt_back(preset):
     torch.testing.assert_close(model.box_coder.decode(anchors[point], codes), gt)
 
 
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [("fcos/demo", []), ("atss/demo", ["model.box_loss={type: smooth_l1}"]), ("onenet/demo", [])],
+)
+def test_loss_is_finite_and_trains_with_images_without_gt(preset, overrides):
+    model = tiny_model(preset, *overrides)
+    images = torch.randn(2, 3, 64, 64)
+    boxes = torch.tensor([[[8.0, 8, 40, 30]], [[0, 0, 0, 0]]])
+    for gt_boxes, gt_labels in (
+        (boxes, torch.tensor([[1], [-1]])),
+        (boxes[:, :0], torch.zeros(2, 0, dtype=torch.long)),
+    ):
+        losses = model.loss(images, gt_boxes, gt_labels)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+
+
 def test_head_outputs_are_the_per_level_maps_in_level_y_x_order():
     torch.manual_seed(0)
     head = FCOSHead(16, num_classes=3, num_anchors=1, strides=(8, 16), feat_channels=16)

@@ -7,13 +7,15 @@ decay the score of every other remaining box ``b`` of its group by
 - linear:   f(u) = 1 − u if u ≥ iou_threshold else 1
 - gaussian: f(u) = exp(−u² / sigma)
 
-It is one box per step. Two exact facts make it parallel here:
+It is one box per step. Two exact facts let one step select many boxes:
 
 1. Groups (``idxs``: classes, images) are independent and run in lock-step.
-2. Within a group, a run of the highest-scoring boxes that pairwise do not decay
-   each other is selected in that order by the classic loop (each keeps its score, and
-   every other box only loses score), so the whole run is selected in one step and
-   their decays are applied at once (a product, so the order does not matter).
+2. Take the highest-scoring remaining boxes of a group in order. One that no higher
+   box of this list decays (f = 1 with each) keeps its score until the classic loop
+   selects it (only higher boxes can be selected before it, and none touches it), and
+   it decays none of the higher boxes. So all such boxes are selected in one step, and
+   each one's decay applies to exactly the boxes below it: all decays of the step are
+   applied at once (a product, so their order does not matter).
 
 Kept boxes and their final scores are those of the classic loop (up to float rounding
 of the products); ties in score may be broken differently.
@@ -84,8 +86,7 @@ def batched_soft_nms(
     index = (scores >= score_threshold).nonzero().flatten()  # the working set
     work_boxes = boxes[index].float()
     current = scores[index].clone()
-    groups = torch.unique(idxs[index], return_inverse=True)[1]
-    num_groups = int(groups.max()) + 1 if len(groups) else 0
+    groups = idxs[index]
     alive = torch.ones(len(index), dtype=torch.bool, device=device)
     kept, kept_scores = [], []
     while len(index):
@@ -115,7 +116,10 @@ def batched_soft_nms(
         if 2 * len(cand) < len(index) and 2 * int(alive.sum()) < len(index):  # compact
             live = alive.nonzero().flatten()
             index, work_boxes, current, groups = (
-                index[live], work_boxes[live], current[live], groups[live]
+                index[live],
+                work_boxes[live],
+                current[live],
+                groups[live],
             )
             alive = alive[live]
     if not kept:

@@ -17,7 +17,6 @@ import statistics
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from tunedet.cli.export import _config_image_size
     from tunedet.cli.main import _load, _model_from_checkpoint
     from tunedet.data.build import build_dataset, build_loader
     from tunedet.deploy.speed import describe, inference_paths, inference_speeds, train_step_times
@@ -82,7 +81,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name, row in rows.items():
         ratio = eager / statistics.median(row["times"])
         check = "equal" if name == "eager" else f"equal (max diff {row['max_diff']:.1g})"
-        print(f"{'infer ' + name:28s} {describe(row['times'], len(val_batch)):>28s}  {ratio:6.2f}×  {check}")
+        print(
+            f"{'infer ' + name:28s} {describe(row['times'], len(val_batch)):>28s}  {ratio:6.2f}×  {check}"
+        )
     return 0
 
 

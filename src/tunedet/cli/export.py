@@ -16,8 +16,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from tunedet.cli.main import _load, _model_from_checkpoint
-    from tunedet.deploy import DenseNetwork, ExportedDetector, export_dense, fold_conv_bn
-    from tunedet.deploy import max_abs_difference
+    from tunedet.deploy import (
+        DenseNetwork,
+        ExportedDetector,
+        export_dense,
+        fold_conv_bn,
+        max_abs_difference,
+    )
 
     cfg = _load(args.config, args.overrides)
     model, _ = _model_from_checkpoint(cfg, args.checkpoint)
@@ -66,6 +71,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx/.pt)")
     p.add_argument("--image-size", type=int, help="square input size (default: from the config)")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest |exported − eager| (1e-3)")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-3, help="largest |exported − eager| (1e-3)"
+    )
     p.add_argument("--fold-bn", action="store_true", help="fold conv-BN pairs before exporting")
     p.set_defaults(func=cmd_export)

@@ -8,10 +8,12 @@ See ``tunedet.tuning.study`` (storage, budget, pruning) and ``tunedet.tuning.spa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from tunedet.engine.interrupt import TrainingInterrupted
     from tunedet.tuning.space import check_against_config, load_space
     from tunedet.tuning.study import (
         TuneJob,
@@ -50,7 +52,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.pruner != "none" and not load_config(args.config, args.overrides).train.eval_every:
         print("note: train.eval_every is 0, so no trial is evaluated before its end: no pruning")
     print(f"study '{job.study_name}' in {redact(job.storage)}; trial runs in {out / 'trials'}")
-    study = optimize(job)
+    try:
+        study = optimize(job)
+    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM: Optuna marked the trial failed
+        print(
+            f"tunedet tune: interrupted ({stop.args[0].split(':')[0]}); the running trial is "
+            "recorded as failed: run the same command again to continue the study",
+            file=sys.stderr,
+        )
+        return stop.exit_code
 
     table = results_table(study, space)
     print(table)

@@ -91,8 +91,11 @@ def export_dense(
                 str(path),
                 input_names=["images"],
                 output_names=["cls_logits", "box_deltas"],
-                dynamic_axes={"images": {0: "batch"}, "cls_logits": {0: "batch"},
-                              "box_deltas": {0: "batch"}},
+                dynamic_axes={
+                    "images": {0: "batch"},
+                    "cls_logits": {0: "batch"},
+                    "box_deltas": {0: "batch"},
+                },
                 opset_version=opset,
                 dynamo=False,
             )
@@ -107,8 +110,14 @@ class ExportedDetector:
     """An exported dense network + the detector's post-processing: ``dense(images)`` and
     ``predict(images, image_sizes)`` like the eager detector (CPU for ONNX Runtime)."""
 
-    def __init__(self, detector: nn.Module, path: str | Path, fmt: ExportFormat, image_size: int,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        detector: nn.Module,
+        path: str | Path,
+        fmt: ExportFormat,
+        image_size: int,
+        threads: int | None = None,
+    ):
         self.detector = detector
         self.fmt = fmt
         self.sizes = feature_sizes(detector, image_size)
@@ -165,5 +174,7 @@ def detections_equal(
         ):
             return False, float("inf")
         if len(x["scores"]):
-            worst = max(worst, max_abs_difference((x["boxes"], x["scores"]), (y["boxes"], y["scores"])))
+            worst = max(
+                worst, max_abs_difference((x["boxes"], x["scores"]), (y["boxes"], y["scores"]))
+            )
     return worst <= atol, worst

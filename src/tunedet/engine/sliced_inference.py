@@ -14,7 +14,10 @@ duplicates that overlapping tiles produce, per class:
   into the kept one (their union; the score stays the kept box's), and the
   union is matched again until no more boxes join, so an object cut by tile
   edges and seen whole by a neighbouring tile comes back as one whole box
-  whichever of its pieces scored higher.
+  whichever of its pieces scored higher. Only boxes of tiles that have not
+  contributed yet can join (never the kept box's own tile): the detector's NMS
+  already separated the objects within a tile, and dense objects (tree
+  crowns) are not chained into one large box.
 
 "Match" is ``match_metric >= match_thr`` with IoU, or IoS = intersection /
 area of the smaller box (a partial box inside the whole one has IoS 1).
@@ -57,8 +60,15 @@ def merge_detections(
     merge: str = "nmm",
     match_metric: str = "ios",
     match_thr: float = 0.5,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Greedy class-aware NMS or NMM of ``boxes (K, 4)`` (see the module docstring).
+
+    ``groups (K,)`` (the tile of each box): a box only matches boxes of groups
+    not yet among the kept box's matches -- the detector's own NMS already
+    separated the boxes of one tile, and this stops the union from swallowing
+    neighbouring objects of the same tile in dense scenes. Not used by the
+    ``nms`` + ``iou`` case, which is `torchvision.ops.batched_nms`.
 
     Returns ``{"boxes", "scores", "labels"}`` of the kept detections, by
     decreasing score.
@@ -70,6 +80,7 @@ def merge_detections(
         return {"boxes": boxes.reshape(0, 4), "scores": scores, "labels": labels}
     order = scores.argsort(descending=True)
     boxes, scores, labels = boxes[order], scores[order], labels[order]
+    groups = torch.arange(len(boxes), device=boxes.device) if groups is None else groups[order]
     # Class-aware by moving each class to its own region of the plane.
     offset = labels.to(boxes.dtype)[:, None] * (boxes.max().clamp(min=0) + 1)
     moved = boxes + offset
@@ -78,14 +89,17 @@ def merge_detections(
     for i in range(len(boxes)):
         if not alive[i]:
             continue
-        match = (pairwise_match(moved[i], moved[i:], match_metric) >= match_thr) & alive[i:]
+        free = alive[i:] & (groups[i:] != groups[i])
+        match = pairwise_match(moved[i], moved[i:], match_metric) >= match_thr
+        match &= free
         match[0] = True
         if merge == "nmm":  # match the growing union again until no box joins
             while True:
                 members = moved[i:][match]
                 union = torch.cat([members[:, :2].amin(0), members[:, 2:].amax(0)])
-                more = (pairwise_match(union, moved[i:], match_metric) >= match_thr) & alive[i:]
-                if not (more & ~match).any():
+                free &= ~torch.isin(groups[i:], groups[i:][match])
+                more = (pairwise_match(union, moved[i:], match_metric) >= match_thr) & free
+                if not more.any():
                     break
                 match |= more
             out_boxes.append(union - offset[i].repeat(4)[:4])
@@ -117,7 +131,7 @@ def sliced_predict(
     image in its own pixels, from the detector's ``predict`` on overlapping tiles."""
     tiles = make_tiles(image.shape[:2], tile, overlap)
     rng = np.random.default_rng(0)  # validation transforms are deterministic
-    boxes, scores, labels = [], [], []
+    boxes, scores, labels, tile_ids = [], [], [], []
     for start in range(0, len(tiles), batch_size):
         chunk = tiles[start : start + batch_size]
         samples = []
@@ -142,8 +156,15 @@ def sliced_predict(
             boxes.append(pred["boxes"] / meta["scale"] + shift)
             scores.append(pred["scores"])
             labels.append(pred["labels"])
+            tile_ids.append(torch.full_like(pred["labels"], len(tile_ids)))
     merged = merge_detections(
-        torch.cat(boxes), torch.cat(scores), torch.cat(labels), merge, match_metric, match_thr
+        torch.cat(boxes),
+        torch.cat(scores),
+        torch.cat(labels),
+        merge,
+        match_metric,
+        match_thr,
+        torch.cat(tile_ids),
     )
     return {k: v[:max_dets] for k, v in merged.items()}
 

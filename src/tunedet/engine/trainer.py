@@ -184,10 +184,11 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         train = cfg.train
 
-        self.train_set = build_dataset(cfg.data.train)
-        self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
+        # the model first: a missing pretrained file fails before the data is read
         self.model = build_detector(cfg.model.model_dump())
         init_detector(self.model, cfg.load_from, cfg.freeze, log=self.log)  # pretrained.py
+        self.train_set = build_dataset(cfg.data.train)
+        self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
         if train.sync_bn and self.world_size > 1:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)

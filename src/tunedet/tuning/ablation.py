@@ -287,12 +287,13 @@ def plot_ablation(rows: list[dict[str, Any]], n_seeds: int, out: Path) -> Path:
         colors = ["tab:gray"] + [
             "tab:green" if r[f"d{metric}"] >= 0 else "tab:red" for r in rows[1:]
         ]
-        ax.bar(x, means, yerr=stds if n_seeds > 1 else None, color=colors, capsize=4)
-        ax.axhline(rows[0][metric], color="black", ls="--", lw=1, label="baseline")
+        bars = ax.bar(x, means, yerr=stds if n_seeds > 1 else None, color=colors, capsize=4)
+        ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], padding=2, fontsize=8)
+        ax.set_ylim(0, max([*[m + s for m, s in zip(means, stds, strict=True)], 0.01]) * 1.15)
+        ax.axhline(rows[0][metric], color="black", ls="--", lw=1)
         ax.set_xticks(list(x), labels, rotation=30, ha="right")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric}, mean ± std over {n_seeds} seed(s)", loc="left")
-        ax.legend(loc="lower right")
+        ax.set_title(f"{metric}, mean ± std over {n_seeds} seed(s); dashed: baseline", loc="left")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -11,6 +11,7 @@ each parameter's distribution in the top quarter of trials differs from all tria
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ def param_importances(study: Any, seed: int = 0) -> tuple[dict[str, float], str]
     else:
         evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.25)
         method = "PED-ANOVA, top 25%"
-    return optuna.importance.get_param_importances(study, evaluator=evaluator), method
+    with warnings.catch_warnings():  # PED-ANOVA on a handful of trials warns that its
+        warnings.simplefilter("ignore", UserWarning)  # quantiles coincide: ranks are equal
+        return optuna.importance.get_param_importances(study, evaluator=evaluator), method
 
 
 def plot_importances(

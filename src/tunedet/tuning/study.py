@@ -37,8 +37,13 @@ def default_storage(out: Path) -> str:
 def open_storage(url: str) -> Any:
     """An ``optuna.storages.RDBStorage`` for ``url``; SQLite waits for the file lock (several
     local workers), every backend gets a heartbeat so a killed worker's trial is failed."""
+    import warnings
+
     import optuna
     import sqlalchemy.exc
+
+    # The heartbeat and TPE's ``group`` are marked experimental; the warning is noise here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -136,7 +141,10 @@ def run_trial(job: TuneJob, trial: Any) -> float:
     from tunedet.engine.trainer import Trainer
 
     chosen = job.space.sample(trial)
-    cfg = trial_config(job, chosen)
+    # A trial never resumes: a folder left by an older study of the same name starts over.
+    cfg = load_config(
+        job.config, [*job.base_overrides, *overrides_for(chosen), "train.resume=false"]
+    )
     run_dir = job.out / "trials" / f"{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
     metric = job.space.metric
@@ -176,12 +184,9 @@ def _short(chosen: dict[str, Any]) -> dict[str, str]:
 
 def load_study(job: TuneJob) -> Any:
     """Create the study, or open it when it exists (a re-run or another worker)."""
-    import warnings
-
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = open_storage(job.storage)
     study = optuna.create_study(
         study_name=job.study_name,

@@ -58,7 +58,8 @@ class FCOS(nn.Module):
     ``cls``: ``cls_loss`` summed over classes and every non-ignored point; ``box``:
     ``box_loss`` of the positives, weighted by their centerness target and divided by the
     targets' sum instead when ``box_loss_weighting="centerness"`` (FCOS's improved
-    recipe, ATSS), times ``box_loss_weight``; ``quality``: BCE of the quality logit
+    recipe, ATSS; with one-to-one assignment use ``mean``: a matched point may lie outside
+    its GT, where the centerness is 0), times ``box_loss_weight``; ``quality``: BCE of the quality logit
     against the centerness of the point in its GT (``quality_target="centerness"``, the
     paper) or the IoU of the (detached) decoded box with its GT (``"iou"``), times
     ``quality_loss_weight``. Assigners with ``needs_predictions`` (``hungarian``) get the
