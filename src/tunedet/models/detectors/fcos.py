@@ -48,20 +48,22 @@ class FCOS(nn.Module):
     """FCOS / ATSS / NMS-free OneNet: one point per location, centerness, sqrt(cls·ctr) scores.
 
     One point (one square anchor) per location, class logits, box regression and a
-    centerness branch; score = sqrt(cls · centerness) at test time. ``head(feats) -> (cls_logits (B, A, C), box_regression (B, A, 4), quality_logits (B, A)
-    or None)`` in the anchor generator's (level, y, x) order; one anchor per location whose
-    centre is the point. ``box_coder.decode(anchors, box_regression)`` gives the boxes:
-    ``distance`` for FCOS (the head outputs pixel distances ``l, t, r, b``), ``delta`` for
-    ATSS (anchors of side ``octave_base_scale · stride``).
+    centerness branch; score = sqrt(cls · centerness) at test time.
+    ``head(feats) -> (cls_logits (B, A, C), box_regression (B, A, 4), quality_logits
+    (B, A) or None)`` in the anchor generator's (level, y, x) order; the anchor's centre is
+    the point. ``box_coder.decode(anchors, box_regression)`` gives the boxes: ``distance``
+    for FCOS (the head outputs pixel distances ``l, t, r, b``), ``delta`` for ATSS
+    (anchors of side ``octave_base_scale · stride``).
 
     Losses, each divided by ``num_pos`` (positives in the batch, at least 1):
     ``cls``: ``cls_loss`` summed over classes and every non-ignored point; ``box``:
-    ``box_loss`` of the positives, weighted by their centerness target and divided by the
-    targets' sum instead when ``box_loss_weighting="centerness"`` (FCOS's improved
-    recipe, ATSS; with one-to-one assignment use ``mean``: a matched point may lie outside
-    its GT, where the centerness is 0), times ``box_loss_weight``; ``quality``: BCE of the quality logit
-    against the centerness of the point in its GT (``quality_target="centerness"``, the
-    paper) or the IoU of the (detached) decoded box with its GT (``"iou"``), times
+    ``box_loss`` of the positives, times ``box_loss_weight``; with
+    ``box_loss_weighting="centerness"`` (FCOS's improved recipe, ATSS) each positive is
+    weighted by its centerness target and the sum divided by the targets' sum instead
+    (with one-to-one assignment use ``mean``: a matched point may lie outside its GT,
+    where the centerness is 0); ``quality``: BCE of the quality logit against the
+    centerness of the point in its GT (``quality_target="centerness"``, the paper) or the
+    IoU of the (detached) decoded box with its GT (``"iou"``), times
     ``quality_loss_weight``. Assigners with ``needs_predictions`` (``hungarian``) get the
     detached class probabilities and decoded boxes. ``nms: false`` skips NMS at test
     time (top-k by score only), for one-to-one assignment.
