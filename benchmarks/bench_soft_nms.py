@@ -100,11 +100,8 @@ def classic_numpy(boxes, scores, method, nt=0.3, sigma=0.5, thr=0.001):
         )
         inter = w * h
         u = inter / (areas[j] + areas[remaining] - inter)
-        if method == "linear":
-            factor = np.where(u >= nt, 1 - u, 1.0)
-        else:
-            factor = np.exp(-(u * u) / sigma)
-        s[remaining] *= factor
+        linear = np.where(u >= nt, 1 - u, 1.0)
+        s[remaining] *= linear if method == "linear" else np.exp(-(u * u) / sigma)
         remaining = remaining[s[remaining] >= thr]
     return keep, kept
 

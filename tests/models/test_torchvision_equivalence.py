@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet50
-from torchvision.models.detection import retinanet_resnet50_fpn_v2
+from torchvision.models.detection import retinanet_resnet50_fpn_v2, ssd300_vgg16
 from torchvision.models.detection._utils import overwrite_eps
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.fcos import FCOS as TorchvisionFCOS
 from torchvision.models.detection.image_list import ImageList
@@ -32,7 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from tunedet.config.loader import load_config
 from tunedet.models import build_detector
-from tunedet.models.convert import convert_torchvision_detector
+from tunedet.models.convert import coco80_indices, convert_torchvision_detector, select_classes
 
 SIZE = 128
 CONFIGS = {
@@ -177,3 +177,119 @@ def test_fpn_init_draws_from_torchvision_or_mmdetection_bounds(init):
         assert torch.all(conv.bias == 0)
         if init == "kaiming_uniform":  # torchvision's bound, measured on its own layer
             assert 0.99 * bound < reference.weight.abs().max().item() <= bound
+
+
+SSD_SIZE = 300  # ssd300_vgg16's fixed input: its transform resizes 300 → 300 (identity)
+
+
+def torchvision_ssd300() -> torch.nn.Module:
+    """torchvision's ``ssd300_vgg16`` with its own random init (Xavier head and extras),
+    normalisation switched off (mean 0, std 1)."""
+    torch.manual_seed(0)
+    return ssd300_vgg16(
+        weights=None, weights_backbone=None, image_mean=[0.0] * 3, image_std=[1.0] * 3
+    )
+
+
+def test_tv_ssd300_config_matches_torchvision_detections_and_losses():
+    """Same boxes/scores/labels (tunedet label + 1 = torchvision label: background moves
+    from class 0 to last) and the same loss terms over a batch of two images (both sides
+    divide the batch's summed terms by the batch's positives; 3:1 negatives per image)."""
+    torch.set_num_threads(1)
+    tv_model = torchvision_ssd300()
+    cfg = load_config("ssd/tv_ssd300_vgg16", [])
+    model = build_detector(cfg.model.model_dump())
+    state, detected = convert_torchvision_detector(tv_model.state_dict())
+    assert detected == "ssd300_vgg16"
+    model.load_state_dict(state, strict=True)
+    images = torch.rand(2, 3, SSD_SIZE, SSD_SIZE, generator=torch.Generator().manual_seed(2))
+
+    tv_model.eval()
+    model.eval()
+    with torch.no_grad():
+        expected = tv_model(list(images))
+    got = model.predict(images, torch.tensor([[SSD_SIZE, SSD_SIZE]] * 2))
+    for want, have in zip(expected, got, strict=True):
+        assert len(want["boxes"]) == 200 and len(have["boxes"]) == 200  # detections_per_img
+        (wb, ws, wl), (hb, hs, hl) = canonical(want), canonical(have)
+        # scores equal to float rounding may swap neighbours: pair each of torchvision's
+        # detections with tunedet's nearest one of the same label (one to one)
+        cost = np.abs(wb[:, None] - hb[None]).sum(-1) + np.abs(ws[:, None] - hs[None])
+        cost[wl[:, None] != hl[None] + 1] = np.inf
+        pair = cost.argmin(1)
+        assert len(np.unique(pair)) == len(pair) and np.isfinite(cost.min(1)).all()
+        np.testing.assert_allclose(hs[pair], ws, atol=1e-4)
+        np.testing.assert_allclose(hb[pair], wb, atol=1e-4)
+        assert len(np.unique(wl)) > 3  # several classes survive: the per-class top-k mattered
+
+    tv_model.train()
+    model.train()
+    gt_boxes = torch.tensor(
+        [
+            [[20.0, 30.0, 140.0, 120.0], [160.0, 150.0, 290.0, 280.0], [60, 200, 100, 260]],
+            [[5.0, 5.0, 295.0, 290.0], [100.0, 40.0, 180.0, 90.0], [0, 0, 0, 0]],
+        ]
+    )
+    gt_labels = torch.tensor([[2, 16, 4], [61, 0, -1]])
+    targets = [
+        {"boxes": gt_boxes[i][gt_labels[i] >= 0], "labels": gt_labels[i][gt_labels[i] >= 0] + 1}
+        for i in range(2)
+    ]
+    tv_losses = tv_model(list(images), targets)
+    losses = model.loss(images, gt_boxes, gt_labels)
+    assert set(losses) == {"cls", "box"}
+    torch.testing.assert_close(losses["cls"], tv_losses["classification"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses["box"], tv_losses["bbox_regression"], rtol=1e-4, atol=1e-5)
+    assert losses["box"] > 0
+
+    # --coco80: each prior's 80 COCO rows in category-id order, then background
+    coco80 = select_classes(state, coco80_indices(), num_classes=91)
+    for level, priors in enumerate(tv_model.anchor_generator.num_anchors_per_location()):
+        weight = tv_model.head.classification_head.module_list[level].weight  # bias is 0
+        theirs = weight.view(priors, 91, -1)
+        ours = coco80[f"head.cls_convs.{level}.weight"].view(priors, 81, -1)
+        torch.testing.assert_close(ours, theirs[:, [*coco80_indices(), 0]], rtol=0, atol=0)
+
+
+def test_tv_ssd300_priors_reproduce_torchvision_default_box_generator():
+    cfg = load_config("ssd/tv_ssd300_vgg16", [])
+    from tunedet.config.registry import build
+
+    ours = build("anchor_generator", cfg.model.anchor_generator.model_dump())
+    theirs = DefaultBoxGenerator(  # as ssd300_vgg16 builds it
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        steps=[8, 16, 32, 64, 100, 300],
+    )
+    sides = [38, 19, 10, 5, 3, 1]
+    feats = [torch.zeros(1, 1, s, s) for s in sides]
+    image = ImageList(torch.zeros(1, 3, SSD_SIZE, SSD_SIZE), [(SSD_SIZE, SSD_SIZE)])
+    expected = theirs(image, feats)[0]
+    got = torch.cat(ours.grid_anchors([(s, s) for s in sides]))
+    assert ours.num_anchors_per_location == theirs.num_anchors_per_location()
+    assert len(got) == 8732
+    # torchvision computes in fractions of the image in float32: equal to float32 rounding
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert got[:, 2:].sub(got[:, :2]).max() == SSD_SIZE  # clip: ratio-2 priors of 261 px
+
+
+@pytest.mark.parametrize("fc_init", ["kaiming_normal", "xavier_uniform"])
+def test_vgg_fc_init_draws_from_torchvision_ssd_bounds(fc_init):
+    from tunedet.models.backbones.vgg import VGG
+
+    torch.manual_seed(0)
+    widths = (8, 8, 16, 32, 32, 256)
+    fc = VGG(widths, dilation=6, fc_init=fc_init).layers[4]
+    fc6, fc7 = fc[1], fc[3].conv
+    for conv in (fc6, fc7):
+        fan_in = conv.weight[0].numel()
+        fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+        xavier_bound = (6 / (fan_in + fan_out)) ** 0.5
+        limit = conv.weight.abs().max().item()
+        if fc_init == "xavier_uniform":  # ssd300_vgg16's _xavier_init: U(−b, b)
+            assert 0.99 * xavier_bound < limit <= xavier_bound
+        else:  # N(0, 2 / fan_out): tails beyond the Xavier bound
+            assert limit > xavier_bound
+            std = conv.weight.std().item()
+            assert abs(std / (2 / fan_out) ** 0.5 - 1) < 0.05
+        assert torch.all(conv.bias == 0)

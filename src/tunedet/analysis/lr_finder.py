@@ -10,8 +10,8 @@ loss is not finite. Two suggestions:
 
 - ``min/10`` (the default): a tenth of the LR at the smoothed loss's minimum, the
   largest LR that is still clearly below the point where training stops improving;
-- ``steepest``: the LR where the smoothed loss falls fastest,
-  argmin d s / d log(lr), ignoring the first and last 10 % of the curve.
+- ``steepest``: the LR where the smoothed loss falls fastest per unit log(lr), the slope
+  taken over a centred window of ±n/20 steps and searched before the minimum.
 
 Nothing is read from or written to a run directory: checkpoints are never touched.
 The suggestion is for the config's optimizer at its batch size, used with the
@@ -67,10 +67,17 @@ def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray, rule: str = "min/10") -> f
     if rule == "min/10":
         return float(lrs[int(np.argmin(smoothed))] / 10)
     if rule == "steepest":
-        n = len(lrs)
-        lo, hi = n // 10, max(n // 10 + 2, n - n // 10)
-        slope = np.gradient(smoothed[lo:hi], np.log(lrs[lo:hi]))
-        return float(lrs[lo + int(np.argmin(slope))])
+        # Slope per unit log(lr) over a centred window of ±k steps (single-step slopes of
+        # a noisy curve are noise), searched only up to the smoothed minimum.
+        n, k = len(lrs), max(1, len(lrs) // 20)
+        log_lr = np.log(lrs)
+        centres = np.arange(k, min(int(np.argmin(smoothed)), n - 1 - k) + 1)
+        if len(centres) == 0:
+            raise ValueError("the smoothed loss never falls: widen the sweep (--start lower)")
+        slope = (smoothed[centres + k] - smoothed[centres - k]) / (
+            log_lr[centres + k] - log_lr[centres - k]
+        )
+        return float(lrs[centres[int(np.argmin(slope))]])
     raise ValueError(f"unknown rule '{rule}' (choose from {', '.join(RULES)})")
 
 
@@ -162,8 +169,8 @@ def plot_lr_finder(result: LRFinderResult, suggestions: dict[str, float], out: P
         ax.axvline(lr, color=colors[rule], ls="--", label=f"{rule}: {lr:.2g}")
     ax.set_xscale("log")
     if finite.any():  # keep the divergence from squashing the interesting part
-        low = np.nanmin(result.smoothed)
-        ax.set_ylim(low * 0.9, max(result.smoothed[finite][0], low) * 1.5)
+        low = min(np.nanmin(result.smoothed) * 0.9, np.nanmin(result.losses) * 0.97)
+        ax.set_ylim(low, max(result.smoothed[finite][0], low) * 1.5)
     ax.set(xlabel="learning rate", ylabel="training loss")
     ax.set_title(f"LR range test ({len(result.lrs)} steps, stop: {result.stopped})", loc="left")
     ax.legend()

@@ -64,6 +64,9 @@ class SSDPriorGenerator(GridAnchorGenerator):
         ratios: per level, the aspect ratios r > 1 besides 1 (each gives r and 1/r).
         min_sizes, max_sizes: explicit per-level ``s_k`` and ``s_{k+1}`` instead of the rule.
         center_offset: centre within the cell, in strides.
+        clip: clamp each prior's width and height to ``input_size`` (torchvision's
+            ``DefaultBoxGenerator(clip=True)``, which clamps them to 1 in fractions of the
+            image, before centring); off in the reference Caffe SSD.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class SSDPriorGenerator(GridAnchorGenerator):
         min_sizes: tuple[Annotated[float, Field(gt=0)], ...] | None = None,
         max_sizes: tuple[Annotated[float, Field(gt=0)], ...] | None = None,
         center_offset: float = 0.5,
+        clip: bool = False,
     ):
         levels = len(strides)
         if len(ratios) != levels:
@@ -94,6 +98,7 @@ class SSDPriorGenerator(GridAnchorGenerator):
         self.max_sizes = tuple(float(s) for s in max_sizes)
         self.ratios = tuple(tuple(float(r) for r in level) for level in ratios)
         self.center_offset = float(center_offset)
+        self.clip = clip
         self._cache: dict[tuple, list[Tensor]] = {}
 
     @property
@@ -108,10 +113,12 @@ class SSDPriorGenerator(GridAnchorGenerator):
         for r in self.ratios[level]:
             wh += [(s * math.sqrt(r), s / math.sqrt(r)), (s / math.sqrt(r), s * math.sqrt(r))]
         wh = torch.tensor(wh, dtype=torch.float64)
+        if self.clip:
+            wh = wh.clamp(min=0, max=self.input_size)
         return torch.cat([-wh, wh], dim=1) / 2
 
     def __repr__(self) -> str:
         return (
             f"SSDPriorGenerator(strides={self.strides}, min_sizes={self.min_sizes}, "
-            f"max_sizes={self.max_sizes}, ratios={self.ratios})"
+            f"max_sizes={self.max_sizes}, ratios={self.ratios}, clip={self.clip})"
         )

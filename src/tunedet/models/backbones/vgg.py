@@ -9,9 +9,12 @@ Stages in the layout of ``base.py``: 0 = conv1 + pool1 (stride 2), 1 = conv2 + p
 (4), 2 = conv3 + pool3 + conv4 (8, ends at conv4_3), 3 = pool4 + conv5 (16),
 4 = pool5 + fc6 + fc7 (16). SSD reads stages 2 and 4 (conv4_3 and fc7); its extra
 layers are the ``ssd`` neck.
+
+Init: convs Kaiming-normal (fan out, as torchvision's VGG), biases zero; ``fc_init``
+``"xavier_uniform"`` draws fc6/fc7 as torchvision's ``ssd300_vgg16`` does.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -39,6 +42,7 @@ class VGG(MultiLevelBackbone):
         norm: NormKind = "none",
         frozen_stages: FrozenStages = -1,
         norm_eval: bool = False,
+        fc_init: Literal["kaiming_normal", "xavier_uniform"] = "kaiming_normal",
     ):
         super().__init__()
         if len(widths) != 6 or min(widths) < 1:
@@ -76,6 +80,10 @@ class VGG(MultiLevelBackbone):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if fc_init == "xavier_uniform" and len(self.layers) == 5:
+            for m in self.layers[4].modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_uniform_(m.weight)
         self.init_freezing(frozen_stages, norm_eval)
 
     def stages(self) -> list[nn.Module]:

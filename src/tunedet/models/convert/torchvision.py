@@ -10,12 +10,22 @@ renames the tensors, it never changes a value. Older torchvision files (head con
 ``conv.0, conv.2, ...``, FPN convs without the ``.0``) are read too, as torchvision's own
 ``_load_from_state_dict`` does. FCOS maps onto the ``fcos`` head's
 ``cls_tower/box_tower/cls_logits/bbox_pred/centerness``.
+
+``ssd300_vgg16`` (config ``ssd/tv_ssd300_vgg16``): torchvision's ``backbone.features``
+(VGG-16 up to conv4_3), ``backbone.extra.0`` (pool4, conv5, pool5, fc6, fc7) and
+``backbone.scale_weight`` become the ``vgg`` backbone's ``layers.0-4`` and the ``ssd``
+neck's ``l2_norm`` and ``extras``; the head's ``module_list.{l}`` become ``cls_convs`` /
+``box_convs``. Its classifier is the one tensor whose values move: torchvision puts
+background at class 0 of each prior's 91 outputs, tunedet last, so the rows of each prior
+are rotated and tunedet's label ``k`` is torchvision's label ``k + 1``.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import torch
 from torch import Tensor
 
 # (pattern, replacement) applied in order; the first pattern that matches renames the key
@@ -47,19 +57,52 @@ _FCOS_RULES = [
     (r"^head\.regression_head\.bbox_reg\.", "head.bbox_pred."),
     (r"^head\.regression_head\.bbox_ctrness\.", "head.centerness."),
 ]
+# torchvision's vgg16.features index → tunedet vgg layers.{stage}.{i}: conv1-4
+_VGG_FEATURES = {0: "0.0", 2: "0.1", 5: "1.0", 7: "1.1", 10: "2.0", 12: "2.1", 14: "2.2"}
+_VGG_FEATURES |= {17: "2.4", 19: "2.5", 21: "2.6"}
+_SSD_VGG_RULES = [
+    (r"^backbone\.scale_weight$", "neck.l2_norm.weight"),
+    (r"^backbone\.extra\.0\.1\.", "backbone.layers.3.1.conv."),  # conv5_1
+    (r"^backbone\.extra\.0\.3\.", "backbone.layers.3.2.conv."),
+    (r"^backbone\.extra\.0\.5\.", "backbone.layers.3.3.conv."),
+    (r"^backbone\.extra\.0\.7\.1\.", "backbone.layers.4.1."),  # fc6 (dilated)
+    (r"^backbone\.extra\.0\.7\.3\.", "backbone.layers.4.3.conv."),  # fc7
+    (r"^backbone\.extra\.([12])\.0\.", lambda m: f"neck.extras.{int(m[1]) - 1}.0.conv."),
+    (r"^backbone\.extra\.([12])\.2\.", lambda m: f"neck.extras.{int(m[1]) - 1}.1.conv."),
+    (r"^backbone\.extra\.([34])\.0\.", lambda m: f"neck.extras.{int(m[1]) - 1}.0.conv."),
+    (r"^backbone\.extra\.([34])\.2\.", lambda m: f"neck.extras.{int(m[1]) - 1}.1.0."),
+    (
+        r"^backbone\.features\.(\d+)\.",
+        lambda m: f"backbone.layers.{_VGG_FEATURES.get(int(m[1]), 'unknown.' + m[1])}.conv.",
+    ),
+    (r"^head\.classification_head\.module_list\.(\d+)\.", r"head.cls_convs.\1."),
+    (r"^head\.regression_head\.module_list\.(\d+)\.", r"head.box_convs.\1."),
+]
 _OLD_HEAD_CONV = re.compile(
     r"^(head\.(?:classification|regression)_head\.conv)\.(\d+)\.(weight|bias)$"
 )
 
-ARCHITECTURES = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn")
+ARCHITECTURES = (
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "ssd300_vgg16",
+)
 
 
 def torchvision_architecture(state: dict[str, Tensor]) -> str | None:
     """Which torchvision detector ``state`` comes from (one of ``ARCHITECTURES``), or None.
 
     RetinaNet v2 differs from v1 by its GroupNorm head (``conv.0.1.weight``) and its P6
-    taken from C5 (2048 input channels); FCOS by its centerness branch.
+    taken from C5 (2048 input channels); FCOS by its centerness branch; SSD300 by its
+    L2-norm scale (``backbone.scale_weight``) and per-level head convs.
     """
+    if (
+        "backbone.scale_weight" in state
+        and "backbone.features.0.weight" in state
+        and "head.classification_head.module_list.0.weight" in state
+    ):
+        return "ssd300_vgg16"
     if "backbone.body.conv1.weight" not in state:
         return None
     if "head.classification_head.cls_logits.weight" not in state:
@@ -93,7 +136,19 @@ def _regroup_flat_head_convs(state: dict[str, Tensor], layers_per_block: int) ->
     return regrouped
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+def _background_last(state: dict[str, Tensor], num_priors: list[int]) -> dict[str, Tensor]:
+    """SSD classifier rows (prior, class) with background at class 0 → background last."""
+    moved = dict(state)
+    for level, priors in enumerate(num_priors):
+        for kind in ("weight", "bias"):
+            key = f"head.cls_convs.{level}.{kind}"
+            value = state[key]
+            per_prior = value.view(priors, -1, *value.shape[1:])
+            moved[key] = torch.cat([per_prior[:, 1:], per_prior[:, :1]], dim=1).reshape(value.shape)
+    return moved
+
+
+def _rename(key: str, rules: list[tuple[str, Any]]) -> str:
     for pattern, replacement in rules:
         new_key, count = re.subn(pattern, replacement, key)
         if count:
@@ -111,9 +166,15 @@ def convert_torchvision_detector(state: dict[str, Tensor]) -> tuple[dict[str, Te
     if arch is None:
         first = next(iter(state), "<empty>")
         raise ValueError(
-            "not a torchvision RetinaNet/FCOS state dict (no 'backbone.body.conv1.weight' and "
-            f"'head.classification_head.cls_logits.weight'; first key '{first}')"
+            "not a torchvision RetinaNet/FCOS/SSD state dict (no 'backbone.body.conv1.weight' "
+            "and 'head.classification_head.cls_logits.weight', nor 'backbone.scale_weight'; "
+            f"first key '{first}')"
         )
+    if arch == "ssd300_vgg16":
+        renamed = {_rename(key, _SSD_VGG_RULES): value for key, value in state.items()}
+        levels = sum(1 for key in renamed if re.match(r"^head\.box_convs\.\d+\.bias$", key))
+        num_priors = [len(renamed[f"head.box_convs.{level}.bias"]) // 4 for level in range(levels)]
+        return _background_last(renamed, num_priors), arch
     if arch.startswith("retinanet"):
         rules = _FPN_RULES + _TOWER_RULES + _RETINA_RULES
         state = _regroup_flat_head_convs(state, layers_per_block=2)
@@ -134,18 +195,27 @@ def coco80_indices() -> list[int]:
 def select_classes(
     state: dict[str, Tensor], keep: list[int], num_classes: int
 ) -> dict[str, Tensor]:
-    """Keep only the outputs ``keep`` of a converted state's ``head.cls_logits``.
+    """Keep only torchvision's outputs ``keep`` in a converted state's classifier.
 
-    Its rows are ordered (anchor, class), ``num_classes`` per anchor (as in
-    ``models/heads/prediction_layout``); the result has ``len(keep)`` per anchor.
+    RetinaNet/FCOS (``head.cls_logits``): rows ordered (anchor, class), ``num_classes``
+    per anchor (as in ``models/heads/prediction_layout``); the result has ``len(keep)``
+    per anchor. SSD (``head.cls_convs.{l}``): ``num_classes`` rows per prior with
+    torchvision's background (output 0) moved last, so output ``i`` sits at row ``i − 1``;
+    the result has ``len(keep)`` rows and background last.
     """
     selected = dict(state)
-    for key in ("head.cls_logits.weight", "head.cls_logits.bias"):
+    if "head.cls_convs.0.weight" in state:  # SSD: softmax with background last
+        rows = [i - 1 for i in keep if i != 0] + [num_classes - 1]
+        keys = [k for k in state if re.match(r"^head\.cls_convs\.\d+\.(weight|bias)$", k)]
+    else:
+        rows = list(keep)
+        keys = ["head.cls_logits.weight", "head.cls_logits.bias"]
+    for key in keys:
         value = state[key]
         if value.shape[0] % num_classes:
             raise ValueError(
                 f"'{key}' has {value.shape[0]} outputs, not a multiple of {num_classes} classes"
             )
         per_anchor = value.view(-1, num_classes, *value.shape[1:])
-        selected[key] = per_anchor[:, keep].reshape(-1, *value.shape[1:]).clone()
+        selected[key] = per_anchor[:, rows].reshape(-1, *value.shape[1:]).clone()
     return selected

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tunedet.assigners.base import AssignResult
 from tunedet.boxes.iou import aligned_box_iou
 from tunedet.config.registry import register
+from tunedet.engine.distributed import mean_count_over_ranks, reduce_mean
 from tunedet.losses.centerness import centerness_loss, centerness_targets
 from tunedet.models.postprocess import postprocess_detections
 
@@ -193,7 +194,8 @@ class FCOS(nn.Module):
         ).matched
         positive = matched > 0  # (B, A)
         gt_index = (matched - 1).clamp(min=0)
-        num_pos = positive.sum().clamp(min=1).to(cls_logits.dtype)
+        # shared by all ranks under DDP, so the gradient is that of the global batch
+        num_pos = mean_count_over_ranks(positive.sum().to(cls_logits.dtype))
 
         labels = gt_labels.gather(1, gt_index).clamp(min=0)  # (B, A)
         cls_targets = F.one_hot(labels, self.num_classes).to(cls_logits.dtype)
@@ -213,7 +215,8 @@ class FCOS(nn.Module):
             )
         centerness = centerness_targets(point_distances(pos_anchors, target_boxes))
         if self.box_loss_weighting == "centerness":
-            box_term = (box_values * centerness).sum() / centerness.sum().clamp(min=1e-6)
+            normaliser = reduce_mean(centerness.sum().detach()).clamp(min=1e-6)
+            box_term = (box_values * centerness).sum() / normaliser
         else:
             box_term = box_values.sum() / num_pos
         losses = {"cls": cls_term, "box": box_term * self.box_loss_weight}
