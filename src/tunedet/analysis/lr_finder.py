@@ -185,18 +185,23 @@ def cmd_lr_finder(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = run_lr_finder(cfg, args.start, args.end, args.iters, args.diverge)
-    suggestions = {}
+    suggestions, failures = {}, {}
     for rule in RULES:
         try:
             suggestions[rule] = result.suggestion(rule)
         except ValueError as error:
-            raise ValueError(f"no suggestion: {error}") from None
+            failures[rule] = str(error)
+    if args.rule in failures:
+        raise ValueError(f"no {args.rule} suggestion: {failures[args.rule]}")
     path = plot_lr_finder(result, suggestions, Path(args.out))
     print(
         f"swept {len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} "
         f"(stop: {result.stopped}); plot: {path}"
     )
-    print(f"steepest descent of the smoothed loss at lr {suggestions['steepest']:.3g}")
+    for rule in RULES:
+        if rule != args.rule:
+            found = f"lr {suggestions[rule]:.3g}" if rule in suggestions else failures[rule]
+            print(f"{rule}: {found}")
     rule = args.rule
     print(
         f"suggested base lr ({rule}): {suggestions[rule]:.3g}  (config optim.lr: {cfg.optim.lr:g})"

@@ -16,7 +16,7 @@ for each ratio ``r`` of the level ``(s_k·√r, s_k/√r)`` and ``(s_k/√r, s_k
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -67,6 +67,9 @@ class SSDPriorGenerator(GridAnchorGenerator):
         clip: clamp each prior's width and height to ``input_size`` (torchvision's
             ``DefaultBoxGenerator(clip=True)``, which clamps them to 1 in fractions of the
             image, before centring); off in the reference Caffe SSD.
+        centers: ``"stride"``: ``(x + 0.5)·stride``; ``"map"``: ``(x + 0.5)·input_size / W_l``
+            (and ``/ H_l`` for y), the cells of the map itself (torchvision's
+            ``DefaultBoxGenerator`` without ``steps``, as in SSDLite).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class SSDPriorGenerator(GridAnchorGenerator):
         max_sizes: tuple[Annotated[float, Field(gt=0)], ...] | None = None,
         center_offset: float = 0.5,
         clip: bool = False,
+        centers: Literal["stride", "map"] = "stride",
     ):
         levels = len(strides)
         if len(ratios) != levels:
@@ -99,6 +103,7 @@ class SSDPriorGenerator(GridAnchorGenerator):
         self.ratios = tuple(tuple(float(r) for r in level) for level in ratios)
         self.center_offset = float(center_offset)
         self.clip = clip
+        self.centers = centers
         self._cache: dict[tuple, list[Tensor]] = {}
 
     @property
@@ -117,8 +122,18 @@ class SSDPriorGenerator(GridAnchorGenerator):
             wh = wh.clamp(min=0, max=self.input_size)
         return torch.cat([-wh, wh], dim=1) / 2
 
+    def _level_anchors(self, level: int, height: int, width: int) -> Tensor:
+        if self.centers == "stride":
+            return super()._level_anchors(level, height, width)
+        ys = (torch.arange(height, dtype=torch.float64) + 0.5) * (self.input_size / height)
+        xs = (torch.arange(width, dtype=torch.float64) + 0.5) * (self.input_size / width)
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
+        return (centres + self.base_anchors(level)[None]).reshape(-1, 4)
+
     def __repr__(self) -> str:
         return (
             f"SSDPriorGenerator(strides={self.strides}, min_sizes={self.min_sizes}, "
-            f"max_sizes={self.max_sizes}, ratios={self.ratios}, clip={self.clip})"
+            f"max_sizes={self.max_sizes}, ratios={self.ratios}, clip={self.clip}, "
+            f"centers={self.centers!r})"
         )

@@ -6,6 +6,7 @@ Importing this package registers every backbone.
 from tunedet.models.backbones.base import MultiLevelBackbone
 from tunedet.models.backbones.darknet import Darknet53, TinyDarknet
 from tunedet.models.backbones.mobilenet import MobileNetV2Backbone
+from tunedet.models.backbones.mobilenet_v3 import MobileNetV3LargeBackbone
 from tunedet.models.backbones.resnet import ResNetBackbone, resnet18, resnet34, resnet50
 from tunedet.models.backbones.tiny_cnn import TinyCNN
 from tunedet.models.backbones.vgg import VGG
@@ -14,6 +15,7 @@ __all__ = [
     "VGG",
     "Darknet53",
     "MobileNetV2Backbone",
+    "MobileNetV3LargeBackbone",
     "MultiLevelBackbone",
     "ResNetBackbone",
     "TinyCNN",

@@ -18,6 +18,10 @@ neck's ``l2_norm`` and ``extras``; the head's ``module_list.{l}`` become ``cls_c
 ``box_convs``. Its classifier is the one tensor whose values move: torchvision puts
 background at class 0 of each prior's 91 outputs, tunedet last, so the rows of each prior
 are rotated and tunedet's label ``k`` is torchvision's label ``k + 1``.
+``ssdlite320_mobilenet_v3_large`` (config ``ssd/tv_ssdlite320_mobilenet_v3_large``): the
+backbone keeps torchvision's ``features`` names; ``backbone.extra`` becomes the neck's
+``extras`` and the head's depthwise-BN-ReLU6 + 1×1 predictors ``cls_convs`` /
+``box_convs`` (background rotated the same way).
 """
 
 from __future__ import annotations
@@ -78,6 +82,19 @@ _SSD_VGG_RULES = [
     (r"^head\.classification_head\.module_list\.(\d+)\.", r"head.cls_convs.\1."),
     (r"^head\.regression_head\.module_list\.(\d+)\.", r"head.box_convs.\1."),
 ]
+_SSDLITE_RULES = [  # backbone.features.* keep their names (see backbones/mobilenet_v3.py)
+    (r"^backbone\.extra\.(\d+)\.0\.0\.", r"neck.extras.\1.0.conv."),
+    (r"^backbone\.extra\.(\d+)\.0\.1\.", r"neck.extras.\1.0.norm."),
+    (r"^backbone\.extra\.(\d+)\.1\.([01])\.", r"neck.extras.\1.1.\2."),  # depthwise, BN
+    (r"^backbone\.extra\.(\d+)\.2\.0\.", r"neck.extras.\1.1.3."),  # pointwise
+    (r"^backbone\.extra\.(\d+)\.2\.1\.", r"neck.extras.\1.1.4."),
+    (r"^head\.classification_head\.module_list\.(\d+)\.0\.([01])\.", r"head.cls_convs.\1.\2."),
+    (r"^head\.classification_head\.module_list\.(\d+)\.1\.", r"head.cls_convs.\1.3."),
+    (r"^head\.regression_head\.module_list\.(\d+)\.0\.([01])\.", r"head.box_convs.\1.\2."),
+    (r"^head\.regression_head\.module_list\.(\d+)\.1\.", r"head.box_convs.\1.3."),
+]
+# an SSD classifier's output conv in tunedet's names: plain (ssd300) or after depthwise-BN-act
+_SSD_CLASSIFIER = re.compile(r"^head\.cls_convs\.(\d+)\.(?:3\.)?(weight|bias)$")
 _OLD_HEAD_CONV = re.compile(
     r"^(head\.(?:classification|regression)_head\.conv)\.(\d+)\.(weight|bias)$"
 )
@@ -87,6 +104,7 @@ ARCHITECTURES = (
     "retinanet_resnet50_fpn_v2",
     "fcos_resnet50_fpn",
     "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
 )
 
 
@@ -103,6 +121,12 @@ def torchvision_architecture(state: dict[str, Tensor]) -> str | None:
         and "head.classification_head.module_list.0.weight" in state
     ):
         return "ssd300_vgg16"
+    if (
+        "backbone.features.0.0.0.weight" in state
+        and "backbone.extra.0.1.0.weight" in state
+        and "head.classification_head.module_list.0.1.weight" in state
+    ):
+        return "ssdlite320_mobilenet_v3_large"
     if "backbone.body.conv1.weight" not in state:
         return None
     if "head.classification_head.cls_logits.weight" not in state:
@@ -136,15 +160,18 @@ def _regroup_flat_head_convs(state: dict[str, Tensor], layers_per_block: int) ->
     return regrouped
 
 
-def _background_last(state: dict[str, Tensor], num_priors: list[int]) -> dict[str, Tensor]:
-    """SSD classifier rows (prior, class) with background at class 0 → background last."""
+def _background_last(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SSD classifier rows (prior, class) with background at class 0 → background last;
+    the priors per cell read from the box regressor of the same level (4 rows each)."""
     moved = dict(state)
-    for level, priors in enumerate(num_priors):
-        for kind in ("weight", "bias"):
-            key = f"head.cls_convs.{level}.{kind}"
-            value = state[key]
-            per_prior = value.view(priors, -1, *value.shape[1:])
-            moved[key] = torch.cat([per_prior[:, 1:], per_prior[:, :1]], dim=1).reshape(value.shape)
+    for key, value in state.items():
+        match = _SSD_CLASSIFIER.match(key)
+        if not match:
+            continue
+        box_bias = re.sub(r"(weight|bias)$", "bias", key.replace("cls_convs", "box_convs", 1))
+        priors = len(state[box_bias]) // 4
+        per_prior = value.view(priors, -1, *value.shape[1:])
+        moved[key] = torch.cat([per_prior[:, 1:], per_prior[:, :1]], dim=1).reshape(value.shape)
     return moved
 
 
@@ -170,11 +197,9 @@ def convert_torchvision_detector(state: dict[str, Tensor]) -> tuple[dict[str, Te
             "and 'head.classification_head.cls_logits.weight', nor 'backbone.scale_weight'; "
             f"first key '{first}')"
         )
-    if arch == "ssd300_vgg16":
-        renamed = {_rename(key, _SSD_VGG_RULES): value for key, value in state.items()}
-        levels = sum(1 for key in renamed if re.match(r"^head\.box_convs\.\d+\.bias$", key))
-        num_priors = [len(renamed[f"head.box_convs.{level}.bias"]) // 4 for level in range(levels)]
-        return _background_last(renamed, num_priors), arch
+    if arch.startswith("ssd"):
+        rules = _SSD_VGG_RULES if arch == "ssd300_vgg16" else _SSDLITE_RULES
+        return _background_last({_rename(key, rules): v for key, v in state.items()}), arch
     if arch.startswith("retinanet"):
         rules = _FPN_RULES + _TOWER_RULES + _RETINA_RULES
         state = _regroup_flat_head_convs(state, layers_per_block=2)
@@ -204,9 +229,10 @@ def select_classes(
     the result has ``len(keep)`` rows and background last.
     """
     selected = dict(state)
-    if "head.cls_convs.0.weight" in state:  # SSD: softmax with background last
+    ssd_keys = [key for key in state if _SSD_CLASSIFIER.match(key)]
+    if ssd_keys:  # SSD: softmax with background last
         rows = [i - 1 for i in keep if i != 0] + [num_classes - 1]
-        keys = [k for k in state if re.match(r"^head\.cls_convs\.\d+\.(weight|bias)$", k)]
+        keys = ssd_keys
     else:
         rows = list(keep)
         keys = ["head.cls_logits.weight", "head.cls_logits.bias"]

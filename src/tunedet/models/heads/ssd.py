@@ -3,14 +3,20 @@
 Levels have their own weights (their widths and prior counts differ): ``A_l·(C + 1)``
 softmax logits per cell, the last of the ``C + 1`` being background, and ``A_l·4`` box
 deltas. ``separable`` (SSDLite, Sandler et al., 2018) makes both predictors depthwise 3×3 +
-pointwise 1×1. Weights Xavier-uniform, biases zero.
+pointwise 1×1; with a ``norm`` other than ``"none"`` the depthwise conv is followed by
+norm + ``act`` (torchvision's SSDLite head: depthwise 3×3-BN-ReLU6, then a 1×1 conv with
+bias; ``norm_eps`` / ``norm_momentum`` the BatchNorm constants). Weights Xavier-uniform,
+biases zero.
 """
 
+from typing import Annotated
+
+from pydantic import Field
 from torch import Tensor, nn
 
 from tunedet.config.registry import register
 from tunedet.models.heads.prediction_layout import concat_levels
-from tunedet.models.layers import make_conv
+from tunedet.models.layers import ActKind, NormKind, make_activation, make_conv, make_norm
 
 
 @register("head", "ssd", injected=("in_channels", "num_classes", "num_anchors"))
@@ -27,8 +33,14 @@ class SSDHead(nn.Module):
         num_classes: int,
         num_anchors: list[int] | int,
         separable: bool = False,
+        norm: NormKind = "none",
+        act: ActKind = "relu6",
+        norm_eps: Annotated[float, Field(gt=0)] = 1e-5,
+        norm_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1,
     ):
         super().__init__()
+        if norm != "none" and not separable:
+            raise ValueError("the ssd head's norm applies to separable predictors only")
         if isinstance(in_channels, int):
             raise ValueError("the ssd head needs one input width per level (a list)")
         if isinstance(num_anchors, int):
@@ -39,19 +51,31 @@ class SSDHead(nn.Module):
             )
         self.num_classes = num_classes
         self.num_anchors = list(num_anchors)
+
+        def predictor(c: int, out: int) -> nn.Module:
+            if norm == "none":
+                return make_conv(c, out, 3, separable=separable)
+            return nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
+                make_norm(norm, c),
+                make_activation(act),
+                nn.Conv2d(c, out, 1),
+            )
+
         self.cls_convs = nn.ModuleList(
-            make_conv(c, a * (num_classes + 1), 3, separable=separable)
+            predictor(c, a * (num_classes + 1))
             for c, a in zip(in_channels, num_anchors, strict=True)
         )
         self.box_convs = nn.ModuleList(
-            make_conv(c, a * 4, 3, separable=separable)
-            for c, a in zip(in_channels, num_anchors, strict=True)
+            predictor(c, a * 4) for c, a in zip(in_channels, num_anchors, strict=True)
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.eps, m.momentum = norm_eps, norm_momentum
 
     def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
         if len(feats) != len(self.cls_convs):

@@ -5,7 +5,10 @@ learnable per-channel scale, initialised to ``l2_norm_scale`` = 20, as SSD does 
 conv4_3), then each extra level is ``1×1 conv → mid`` and a ``3×3 conv → out``: stride 2
 with padding, or, for the last ``valid_levels`` levels, stride 1 without padding (SSD300's
 conv10_2 and conv11_2: 5×5 → 3×3 → 1×1). ``separable`` makes the 3×3 convs depthwise +
-pointwise (SSDLite, Sandler et al., 2018).
+pointwise (SSDLite, Sandler et al., 2018); with ``depthwise_norm`` the depthwise conv gets
+its own norm + activation (torchvision's SSDLite: 1×1 → depthwise 3×3 → 1×1, each
+conv-norm-act). ``norm_eps`` / ``norm_momentum`` set the BatchNorm constants (SSDLite:
+0.001 and 0.03).
 
 Strides: a padded stride-2 level doubles the stride; a valid level's stride is
 ``input_size / side`` with the side propagated from ``⌈input_size / stride⌉`` of the
@@ -59,8 +62,13 @@ class SSDNeck(nn.Module):
         separable: bool = False,
         norm: NormKind = "none",
         act: ActKind = "relu",
+        depthwise_norm: bool = False,
+        norm_eps: Annotated[float, Field(gt=0)] = 1e-5,
+        norm_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1,
     ):
         super().__init__()
+        if depthwise_norm and (not separable or valid_levels):
+            raise ValueError("depthwise_norm needs separable: true and valid_levels: 0")
         if mid_channels is None:
             mid_channels = tuple(max(1, c // 2) for c in extra_channels)
         if len(mid_channels) != len(extra_channels):
@@ -82,7 +90,18 @@ class SSDNeck(nn.Module):
         first_valid = len(extra_channels) - valid_levels
         for k, (mid, out) in enumerate(zip(mid_channels, extra_channels, strict=True)):
             reduce = ConvNormAct(previous, mid, 1, norm=norm, act=act)
-            if k < first_valid:
+            if depthwise_norm:
+                spread = nn.Sequential(
+                    nn.Conv2d(mid, mid, 3, 2, padding=1, groups=mid, bias=norm == "none"),
+                    make_norm(norm, mid),
+                    make_activation(act),
+                    nn.Conv2d(mid, out, 1, bias=norm == "none"),
+                    make_norm(norm, out),
+                    make_activation(act),
+                )
+                side = math.ceil(side / 2)
+                strides.append(strides[-1] * 2)
+            elif k < first_valid:
                 spread = ConvNormAct(mid, out, 3, stride=2, norm=norm, act=act, separable=separable)
                 side = math.ceil(side / 2)
                 strides.append(strides[-1] * 2)
@@ -103,6 +122,8 @@ class SSDNeck(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.eps, m.momentum = norm_eps, norm_momentum
 
     @staticmethod
     def _valid_conv(
