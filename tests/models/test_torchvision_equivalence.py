@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet50
-from torchvision.models.detection import retinanet_resnet50_fpn_v2, ssd300_vgg16
+from torchvision.models.detection import (
+    retinanet_resnet50_fpn_v2,
+    ssd300_vgg16,
+    ssdlite320_mobilenet_v3_large,
+)
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -179,38 +183,70 @@ def test_fpn_init_draws_from_torchvision_or_mmdetection_bounds(init):
             assert 0.99 * bound < reference.weight.abs().max().item() <= bound
 
 
-SSD_SIZE = 300  # ssd300_vgg16's fixed input: its transform resizes 300 → 300 (identity)
+# torchvision's SSDs: config, fixed input side (their transform resizes it to itself,
+# an identity), detections_per_img
+SSD_MODELS = {
+    "ssd300_vgg16": ("ssd/tv_ssd300_vgg16", 300, 200),
+    "ssdlite320_mobilenet_v3_large": ("ssd/tv_ssdlite320_mobilenet_v3_large", 320, 300),
+}
 
 
-def torchvision_ssd300() -> torch.nn.Module:
-    """torchvision's ``ssd300_vgg16`` with its own random init (Xavier head and extras),
-    normalisation switched off (mean 0, std 1)."""
+def torchvision_ssd(arch: str) -> torch.nn.Module:
+    """torchvision's SSD with random weights, normalisation switched off (mean 0, std 1).
+
+    SSD300 keeps its own init. SSDLite's N(0, 0.03) init leaves its outputs nearly
+    independent of the image, so its backbone convs are redrawn (Kaiming), its BN
+    statistics set from one batch and its BN affine and predictors randomised.
+    """
     torch.manual_seed(0)
-    return ssd300_vgg16(
-        weights=None, weights_backbone=None, image_mean=[0.0] * 3, image_std=[1.0] * 3
-    )
+    no_norm = dict(weights=None, weights_backbone=None, image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    if arch == "ssd300_vgg16":
+        return ssd300_vgg16(**no_norm)
+    model = ssdlite320_mobilenet_v3_large(**no_norm)
+    g = torch.Generator().manual_seed(1)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for module in model.backbone.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", generator=g)
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative: the statistics of the one batch below
+        model.train()
+        model.head(list(model.backbone(torch.rand(2, 3, 320, 320, generator=g)).values()))
+        for norm in norms:
+            norm.momentum = 0.03
+            norm.weight.copy_(0.5 + 0.5 * torch.rand(norm.weight.shape, generator=g))
+            norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, generator=g))
+        head = model.head
+        for predictor in [*head.classification_head.module_list, *head.regression_head.module_list]:
+            predictor[1].weight.normal_(0, 0.1, generator=g)
+            predictor[1].bias.normal_(0, 1.0, generator=g)
+    return model
 
 
-def test_tv_ssd300_config_matches_torchvision_detections_and_losses():
+@pytest.mark.parametrize("arch", list(SSD_MODELS))
+def test_tv_ssd_config_matches_torchvision_detections_and_losses(arch):
     """Same boxes/scores/labels (tunedet label + 1 = torchvision label: background moves
     from class 0 to last) and the same loss terms over a batch of two images (both sides
     divide the batch's summed terms by the batch's positives; 3:1 negatives per image)."""
     torch.set_num_threads(1)
-    tv_model = torchvision_ssd300()
-    cfg = load_config("ssd/tv_ssd300_vgg16", [])
+    config, size, max_dets = SSD_MODELS[arch]
+    tv_model = torchvision_ssd(arch)
+    cfg = load_config(config, [])
     model = build_detector(cfg.model.model_dump())
     state, detected = convert_torchvision_detector(tv_model.state_dict())
-    assert detected == "ssd300_vgg16"
+    assert detected == arch
     model.load_state_dict(state, strict=True)
-    images = torch.rand(2, 3, SSD_SIZE, SSD_SIZE, generator=torch.Generator().manual_seed(2))
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2))
 
     tv_model.eval()
     model.eval()
     with torch.no_grad():
         expected = tv_model(list(images))
-    got = model.predict(images, torch.tensor([[SSD_SIZE, SSD_SIZE]] * 2))
+    got = model.predict(images, torch.tensor([[size, size]] * 2))
     for want, have in zip(expected, got, strict=True):
-        assert len(want["boxes"]) == 200 and len(have["boxes"]) == 200  # detections_per_img
+        assert len(want["boxes"]) == max_dets and len(have["boxes"]) == max_dets
         (wb, ws, wl), (hb, hs, hl) = canonical(want), canonical(have)
         # scores equal to float rounding may swap neighbours: pair each of torchvision's
         # detections with tunedet's nearest one of the same label (one to one)
@@ -221,6 +257,7 @@ def test_tv_ssd300_config_matches_torchvision_detections_and_losses():
         np.testing.assert_allclose(hs[pair], ws, atol=1e-4)
         np.testing.assert_allclose(hb[pair], wb, atol=1e-4)
         assert len(np.unique(wl)) > 3  # several classes survive: the per-class top-k mattered
+    assert not torch.equal(expected[0]["scores"], expected[1]["scores"])  # image-dependent
 
     tv_model.train()
     model.train()
@@ -244,33 +281,42 @@ def test_tv_ssd300_config_matches_torchvision_detections_and_losses():
 
     # --coco80: each prior's 80 COCO rows in category-id order, then background
     coco80 = select_classes(state, coco80_indices(), num_classes=91)
+    ours_key = (
+        "head.cls_convs.{}.weight" if arch == "ssd300_vgg16" else "head.cls_convs.{}.3.weight"
+    )
     for level, priors in enumerate(tv_model.anchor_generator.num_anchors_per_location()):
-        weight = tv_model.head.classification_head.module_list[level].weight  # bias is 0
+        predictor = tv_model.head.classification_head.module_list[level]
+        weight = predictor.weight if arch == "ssd300_vgg16" else predictor[1].weight
         theirs = weight.view(priors, 91, -1)
-        ours = coco80[f"head.cls_convs.{level}.weight"].view(priors, 81, -1)
+        ours = coco80[ours_key.format(level)].view(priors, 81, -1)
         torch.testing.assert_close(ours, theirs[:, [*coco80_indices(), 0]], rtol=0, atol=0)
 
 
-def test_tv_ssd300_priors_reproduce_torchvision_default_box_generator():
-    cfg = load_config("ssd/tv_ssd300_vgg16", [])
+@pytest.mark.parametrize("arch", list(SSD_MODELS))
+def test_tv_ssd_priors_reproduce_torchvision_default_box_generator(arch):
     from tunedet.config.registry import build
 
+    config, size, _ = SSD_MODELS[arch]
+    cfg = load_config(config, [])
     ours = build("anchor_generator", cfg.model.anchor_generator.model_dump())
-    theirs = DefaultBoxGenerator(  # as ssd300_vgg16 builds it
-        [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
-        scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
-        steps=[8, 16, 32, 64, 100, 300],
-    )
-    sides = [38, 19, 10, 5, 3, 1]
+    if arch == "ssd300_vgg16":  # as torchvision's builders make them
+        sides = [38, 19, 10, 5, 3, 1]
+        theirs = DefaultBoxGenerator(
+            [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+            scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+            steps=[8, 16, 32, 64, 100, 300],
+        )
+    else:  # no steps: centres from each map's own cells
+        sides = [20, 10, 5, 3, 2, 1]
+        theirs = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
     feats = [torch.zeros(1, 1, s, s) for s in sides]
-    image = ImageList(torch.zeros(1, 3, SSD_SIZE, SSD_SIZE), [(SSD_SIZE, SSD_SIZE)])
-    expected = theirs(image, feats)[0]
+    expected = theirs(ImageList(torch.zeros(1, 3, size, size), [(size, size)]), feats)[0]
     got = torch.cat(ours.grid_anchors([(s, s) for s in sides]))
     assert ours.num_anchors_per_location == theirs.num_anchors_per_location()
-    assert len(got) == 8732
+    assert len(got) == (8732 if arch == "ssd300_vgg16" else 3234)
     # torchvision computes in fractions of the image in float32: equal to float32 rounding
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
-    assert got[:, 2:].sub(got[:, :2]).max() == SSD_SIZE  # clip: ratio-2 priors of 261 px
+    assert got[:, 2:].sub(got[:, :2]).max() == size  # clip: the widest priors exceed the image
 
 
 @pytest.mark.parametrize("fc_init", ["kaiming_normal", "xavier_uniform"])

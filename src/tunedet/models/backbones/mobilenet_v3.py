@@ -22,8 +22,7 @@ from tunedet.models.backbones.base import FrozenStages, MultiLevelBackbone
 
 @register("backbone", "mobilenet_v3_large")
 class MobileNetV3LargeBackbone(MultiLevelBackbone):
-    """MobileNetV3-Large (torchvision, random init): the C4 expansion map (stride 16) and
-    the last map (stride 32).
+    """MobileNetV3-Large (torchvision, random init): C4-expansion (stride 16) and last maps.
 
     ``forward(x: (B, 3, H, W)) -> [(B, 672, ⌈H/16⌉, ⌈W/16⌉), (B, 480, ⌈H/32⌉, ⌈W/32⌉)]``
     (``reduced_tail``; 960 ch without). Stages for freezing: 0 = up to the C4 expansion,
