@@ -98,7 +98,12 @@ def _write_patch(folder: Path, name: str, image: np.ndarray, boxes: np.ndarray) 
 
 def _full_image(stem: str):
     dataset = build_dataset(
-        {"type": "voc", "root": str(TREES), "files": [stem], "rename": {"Alive": "Tree", "Dead": "Tree"}}
+        {
+            "type": "voc",
+            "root": str(TREES),
+            "files": [stem],
+            "rename": {"Alive": "Tree", "Dead": "Tree"},
+        }
     )
     sample = dataset[0]
     return sample["image"], sample["boxes"]
@@ -135,8 +140,15 @@ def heldout_ground_truth(patches: Path) -> dict:
     return build_dataset({"type": "voc", "root": str(patches / "heldout")}).coco_ground_truth()
 
 
-def train_tunedet(config: str, patches: Path, run: Path, minutes: float, seed: int,
-                  threads: int, overrides: list[str]) -> dict:
+def train_tunedet(
+    config: str,
+    patches: Path,
+    run: Path,
+    minutes: float,
+    seed: int,
+    threads: int,
+    overrides: list[str],
+) -> dict:
     from tunedet.config.loader import load_config
     from tunedet.engine.trainer import Trainer
 
@@ -158,8 +170,12 @@ def train_tunedet(config: str, patches: Path, run: Path, minutes: float, seed: i
     start = time.monotonic()
     trainer = Trainer(cfg, run, log=lambda *_: None)
     metrics = trainer.train()  # scores the held-out patches once, after the budget
-    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "iterations": trainer.iteration,
-            "wall_min": (time.monotonic() - start) / 60}
+    return {
+        "AP": metrics["AP"],
+        "AP50": metrics["AP50"],
+        "iterations": trainer.iteration,
+        "wall_min": (time.monotonic() - start) / 60,
+    }
 
 
 def torch_threads(threads: int) -> None:
@@ -190,17 +206,23 @@ YOLO_SCRIPT = textwrap.dedent(
 )
 
 
-def train_yolo(python: str, patches: Path, run: Path, minutes: float, seed: int,
-               threads: int, gt: dict) -> dict:
+def train_yolo(
+    python: str, patches: Path, run: Path, minutes: float, seed: int, threads: int, gt: dict
+) -> dict:
     data = run / "data.yaml"
     run.mkdir(parents=True, exist_ok=True)
-    data.write_text(
-        f"path: {patches}\ntrain: train\nval: heldout\nnames:\n  0: Tree\n"
-    )
+    data.write_text(f"path: {patches}\ntrain: train\nval: heldout\nnames:\n  0: Tree\n")
     images = sorted(str(p) for p in (patches / "heldout").glob("*.png"))
     result_file = run / "predictions.json"
-    script = YOLO_SCRIPT.format(threads=threads, data=str(data), hours=minutes / 60, seed=seed,
-                                project=str(run), images=images, result_file=str(result_file))
+    script = YOLO_SCRIPT.format(
+        threads=threads,
+        data=str(data),
+        hours=minutes / 60,
+        seed=seed,
+        project=str(run),
+        images=images,
+        result_file=str(result_file),
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
     start = time.monotonic()
     subprocess.run([python, "-c", script], check=True, env=env, cwd=run)
@@ -211,8 +233,14 @@ def train_yolo(python: str, patches: Path, run: Path, minutes: float, seed: int,
     for item in json.loads(result_file.read_text()):
         image_id = ids[Path(item["file"]).stem]
         for (x0, y0, x1, y1), score in zip(item["boxes"], item["scores"], strict=True):
-            results.append({"image_id": image_id, "category_id": category,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": score,
+                }
+            )
     metrics = coco_evaluate(gt, results)
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], "wall_min": wall}
 
@@ -236,18 +264,34 @@ def main() -> None:
     print(f"patches in {patches}: {counts}", flush=True)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        ours = train_tunedet(args.config, patches, work / f"tunedet_{seed}", args.minutes,
-                             seed, args.threads, args.overrides)
+        ours = train_tunedet(
+            args.config,
+            patches,
+            work / f"tunedet_{seed}",
+            args.minutes,
+            seed,
+            args.threads,
+            args.overrides,
+        )
         print(f"seed {seed} tunedet: {ours}", flush=True)
         theirs = None
         if not args.skip_yolo:
-            theirs = train_yolo(args.yolo_python, patches, work / f"yolo_{seed}", args.minutes,
-                                seed, args.threads, gt)
+            theirs = train_yolo(
+                args.yolo_python,
+                patches,
+                work / f"yolo_{seed}",
+                args.minutes,
+                seed,
+                args.threads,
+                gt,
+            )
             print(f"seed {seed} YOLOv8n: {theirs}", flush=True)
         rows.append((seed, ours, theirs))
 
-    print(f"\n{args.minutes:g} min training, {args.threads} threads, held-out patches: "
-          f"{counts['heldout_patches']} ({counts['heldout_boxes']} boxes)\n")
+    print(
+        f"\n{args.minutes:g} min training, {args.threads} threads, held-out patches: "
+        f"{counts['heldout_patches']} ({counts['heldout_boxes']} boxes)\n"
+    )
     print("| seed | tunedet AP | tunedet AP50 | YOLOv8n AP | YOLOv8n AP50 | AP50 ratio |")
     print("|---|---|---|---|---|---|")
     for seed, ours, theirs in rows:
@@ -255,8 +299,10 @@ def main() -> None:
             print(f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | – | – | – |")
             continue
         ratio = ours["AP50"] / theirs["AP50"] if theirs["AP50"] > 0 else float("inf")
-        print(f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | {theirs['AP']:.3f} | "
-              f"{theirs['AP50']:.3f} | {ratio:.2f}× |")
+        print(
+            f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | {theirs['AP']:.3f} | "
+            f"{theirs['AP50']:.3f} | {ratio:.2f}× |"
+        )
 
 
 if __name__ == "__main__":
