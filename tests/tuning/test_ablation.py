@@ -41,14 +41,31 @@ def test_builtin_tricks_toggle_relative_to_the_baseline():
     assert (added.schedule.warmup.type, added.schedule.warmup.iters) == ("linear", 10)
 
 
+def test_mosaic_and_mixup_tricks_add_and_remove_their_transform():
+    demo = load_config("retinanet/demo")  # 128-px synthetic images, no mosaic/mixup
+    tricks = {t.name: t for t in resolve_tricks("mosaic,mixup", demo, 300)}
+    assert {n: t.change for n, t in tricks.items()} == {"mosaic": "+mosaic", "mixup": "+mixup"}
+    with_mosaic = load_config("retinanet/demo", list(tricks["mosaic"].overrides))
+    first = with_mosaic.data.train_transforms[0]
+    assert (first.type, first.p, first.size) == ("mosaic", 0.5, 128)
+    assert [t.type for t in with_mosaic.data.train_transforms[1:]] == ["hflip", "normalize"]
+    # on a baseline that has MixUp, the trick removes it
+    back = resolve_tricks(
+        "mixup", load_config("retinanet/demo", list(tricks["mixup"].overrides)), 300
+    )
+    assert back[0].change == "-mixup"
+    removed = load_config("retinanet/demo", list(back[0].overrides))
+    assert [t.type for t in removed.data.train_transforms] == ["hflip", "normalize"]
+
+
 def test_tricks_yaml_and_bad_tricks(tmp_path: Path):
     demo = load_config("retinanet/demo")
     path = tmp_path / "tricks.yaml"
     path.write_text("ema:\nfocal_g1: ['model.cls_loss.gamma=1.0']\n")
     tricks = resolve_tricks(str(path), demo, 100)
     assert [(t.name, t.change) for t in tricks] == [("ema", "+ema"), ("focal_g1", "custom")]
-    with pytest.raises(ConfigError, match="unknown built-in trick 'mosaic'"):
-        resolve_tricks("warmup,mosaic", demo, 100)
+    with pytest.raises(ConfigError, match="unknown built-in trick 'mosaik'"):
+        resolve_tricks("warmup,mosaik", demo, 100)
     path.write_text("x: 3\n")
     with pytest.raises(ConfigError, match="trick 'x' must be null"):
         resolve_tricks(str(path), demo, 100)

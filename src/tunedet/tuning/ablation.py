@@ -17,6 +17,9 @@ Built-in tricks (what "on" and "off" mean):
 - ``giou``: GIoU loss on decoded boxes (weight 2) / smooth L1 on deltas (weight 1)
 - ``atss``: ATSS assigner (top-9) / max-IoU assigner (0.5 / 0.4)
 - ``hflip``: horizontal flips (p = 0.5) in the training transforms / none
+- ``mosaic``: Mosaic (p = 0.5, canvas = the training input size: the ``resize`` size,
+  else the dataset's ``image_size``, else 640) first in the training transforms / none
+- ``mixup``: MixUp (p = 0.5, λ ~ Beta(1.5, 1.5)) first in the training transforms / none
 
 A tricks YAML gives tricks with parameters: ``name: [override, ...]`` for a custom
 trick, ``name: null`` for a built-in one.
@@ -61,6 +64,26 @@ def _with_hflip(cfg: Any, iters: int) -> list[str]:
     ]
 
 
+def _input_size(cfg: Any) -> int:
+    for t in _train_transforms(cfg):
+        if t["type"] == "resize":
+            return int(t["size"])
+    return int(getattr(cfg.data.train, "image_size", 640))
+
+
+def _transform_trick(name: str, make: Callable[[Any], dict[str, Any]]) -> BuiltinTrick:
+    """A training transform switched on (put first) or off (removed)."""
+
+    def on(cfg: Any, iters: int) -> list[str]:
+        return [f"data.train_transforms={json.dumps([make(cfg), *_train_transforms(cfg)])}"]
+
+    def off(cfg: Any, iters: int) -> list[str]:
+        kept = [t for t in _train_transforms(cfg) if t["type"] != name]
+        return [f"data.train_transforms={json.dumps(kept)}"]
+
+    return BuiltinTrick(lambda cfg: any(t["type"] == name for t in _train_transforms(cfg)), on, off)
+
+
 BUILTIN_TRICKS: dict[str, BuiltinTrick] = {
     "warmup": BuiltinTrick(
         lambda cfg: cfg.schedule.warmup.type != "none",
@@ -96,6 +119,10 @@ BUILTIN_TRICKS: dict[str, BuiltinTrick] = {
         _with_hflip,
         _without_hflip,
     ),
+    "mosaic": _transform_trick(
+        "mosaic", lambda cfg: {"type": "mosaic", "p": 0.5, "size": _input_size(cfg)}
+    ),
+    "mixup": _transform_trick("mixup", lambda cfg: {"type": "mixup", "p": 0.5, "alpha": 1.5}),
 }
 
 
