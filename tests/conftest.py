@@ -20,7 +20,50 @@ TINY_DEMO_OVERRIDES = (
 )
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Configs with ``threads=1`` call torch.set_num_threads; give the next test the
+    process's own setting back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo() -> list[str]:
     """Overrides that make ``retinanet/demo`` train and evaluate in seconds."""
     return list(TINY_DEMO_OVERRIDES)
+
+
+def _overfit_stats(model, batch, gt: dict, iters: int, lr: float) -> dict[str, float]:
+    import torch
+
+    from tunedet.evaluation import coco_evaluate, detections_to_coco_results
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(iters):
+        losses = model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    model.eval()
+    predictions = model.predict(batch.images, batch.image_sizes)
+    results = detections_to_coco_results(
+        predictions,
+        [m["image_id"] for m in batch.metas],
+        [m["scale"] for m in batch.metas],
+        sorted(c["id"] for c in gt["categories"]),
+    )
+    return coco_evaluate(gt, results)
+
+
+@pytest.fixture(scope="session")
+def overfit_stats():
+    """``overfit_stats(model, batch, gt, iters, lr) -> COCO stats``: train ``model`` on the
+    one ``batch`` (AdamW, no weight decay) for ``iters`` steps, then score its predictions
+    on that same batch against ``gt`` (the dataset's COCO ground truth): the test that
+    targets, losses and decoding agree."""
+    return _overfit_stats

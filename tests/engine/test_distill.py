@@ -15,7 +15,7 @@ from tunedet.engine.trainer import Trainer
 from tunedet.models import build_detector
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import quiet, restore_torch_threads, tiny_config  # noqa: E402, F401
+from test_trainer import quiet, tiny_config  # noqa: E402
 
 
 def write_teacher(tmp_path: Path) -> tuple[Path, Path]:

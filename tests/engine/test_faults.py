@@ -34,13 +34,6 @@ RUN = (
 )
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet(*_args, **_kwargs) -> None:
     pass
 

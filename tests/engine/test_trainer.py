@@ -30,13 +30,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(*overrides: str):
     return load_config("retinanet/demo", [*TINY, *overrides])
 

@@ -19,7 +19,6 @@ from tunedet.boxes.coders import DistanceBoxCoder
 from tunedet.cli.main import main
 from tunedet.config.loader import load_config
 from tunedet.data.build import build_dataset, build_loader
-from tunedet.evaluation.coco import coco_evaluate, detections_to_coco_results
 from tunedet.models import build_detector
 from tunedet.models.heads.fcos import FCOSHead
 from tunedet.models.postprocess import postprocess_detections
@@ -68,25 +67,11 @@ def synthetic_batch(size=64, num_images=8, min_size=12):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_each_preset_overfits_eight_synthetic_images(preset):
+def test_each_preset_overfits_eight_synthetic_images(preset, overfit_stats):
     batch, gt = synthetic_batch()
     model = tiny_model(preset)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.0)
     start = time.perf_counter()
-    for _ in range(150):
-        losses = model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-    model.eval()
-    predictions = model.predict(batch.images, batch.image_sizes)
-    results = detections_to_coco_results(
-        predictions,
-        [m["image_id"] for m in batch.metas],
-        [m["scale"] for m in batch.metas],
-        [c["id"] for c in gt["categories"]],
-    )
-    stats = coco_evaluate(gt, results)
+    stats = overfit_stats(model, batch, gt, iters=150, lr=4e-3)
     print(f"{preset}: AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f}")
     print(f"150 iterations in {time.perf_counter() - start:.1f} s")
     assert stats["AP50"] >= 0.9

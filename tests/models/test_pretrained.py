@@ -42,13 +42,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch) -> Path:
     """An empty torch hub cache in ``tmp_path`` and no network: downloads raise URLError."""

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from tunedet.anchors.ssd_priors import SSDPriorGenerator, ssd_sizes
 from tunedet.config.loader import load_config
 from tunedet.data.build import build_dataset, build_loader
-from tunedet.evaluation.coco import coco_evaluate, detections_to_coco_results
 from tunedet.models import build_detector
 from tunedet.models.detectors.ssd import SSD
 from tunedet.models.layers import SeparableConv2d
@@ -34,27 +33,12 @@ def synthetic_batch(cfg, num_images=8):
     return dataset, next(iter(loader))
 
 
-def test_ssd_demo_overfits_eight_synthetic_images_to_ap50_above_0_9():
+def test_ssd_demo_overfits_eight_synthetic_images_to_ap50_above_0_9(overfit_stats):
     torch.manual_seed(0)
     cfg = demo()
     model = build_detector(cfg.model)
     dataset, batch = synthetic_batch(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
-    for _ in range(60):
-        losses = model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-    model.eval()
-    predictions = model.predict(batch.images, batch.image_sizes)
-    gt = dataset.coco_ground_truth()
-    results = detections_to_coco_results(
-        predictions,
-        [m["image_id"] for m in batch.metas],
-        [m["scale"] for m in batch.metas],
-        sorted(c["id"] for c in gt["categories"]),
-    )
-    stats = coco_evaluate(gt, results)
+    stats = overfit_stats(model, batch, dataset.coco_ground_truth(), iters=60, lr=5e-3)
     print(f"ssd demo overfit: AP {stats['AP']:.3f}, AP50 {stats['AP50']:.3f}")
     assert stats["AP50"] >= 0.9
 

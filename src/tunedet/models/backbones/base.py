@@ -45,7 +45,14 @@ class MultiLevelBackbone(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        """Run ``stages()`` in order and return the outputs of the stages whose index
+        (the stem is 0) is in ``self.out_indices``."""
+        outs = []
+        for i, stage in enumerate(self.stages()):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
 
     def init_freezing(self, frozen_stages: int, norm_eval: bool) -> None:
         """Record the knobs and switch off gradients of the frozen stages."""

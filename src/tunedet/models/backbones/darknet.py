@@ -38,19 +38,10 @@ class DarknetResidual(nn.Module):
 
 
 class _Trunk(MultiLevelBackbone):
-    """Shared ``forward``/``stages`` for trunks stored as ``self.stem`` + ``self.layers``."""
+    """``stages()`` of trunks stored as ``self.stem`` + ``self.layers`` (the base class runs them)."""
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, *self.layers]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        outs = []
-        for i, layer in enumerate(self.layers, start=1):
-            x = layer(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs
 
     def _init_weights(self) -> None:
         for m in self.modules():

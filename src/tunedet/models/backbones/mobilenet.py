@@ -11,7 +11,7 @@ from typing import Annotated
 
 import torchvision
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from tunedet.config.registry import register
 from tunedet.models.backbones.base import FrozenStages, MultiLevelBackbone, check_out_indices
@@ -46,11 +46,3 @@ class MobileNetV2Backbone(MultiLevelBackbone):
 
     def stages(self) -> list[nn.Module]:
         return list(self.layers)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outs = []
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs

@@ -81,12 +81,3 @@ class TinyCNN(MultiLevelBackbone):
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, *self.layers]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        outs = []
-        for i, layer in enumerate(self.layers, start=1):
-            x = layer(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs

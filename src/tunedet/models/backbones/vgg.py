@@ -17,7 +17,7 @@ Init: convs Kaiming-normal (fan out, as torchvision's VGG), biases zero; ``fc_in
 from typing import Annotated, Literal
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from tunedet.config.registry import register
 from tunedet.models.backbones.base import FrozenStages, MultiLevelBackbone, check_out_indices
@@ -88,11 +88,3 @@ class VGG(MultiLevelBackbone):
 
     def stages(self) -> list[nn.Module]:
         return list(self.layers)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outs = []
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs
