@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
 from torchvision.models.detection._utils import Matcher
@@ -25,6 +24,7 @@ from torchvision.ops import box_iou
 import tunedet.assigners  # noqa: F401  (registers the assigners)
 from tunedet.anchors.grid import GridAnchorGenerator
 from tunedet.config.registry import build
+from tunedet.deploy.speed import time_calls
 
 REQUIRED_SPEEDUP = 3.0
 ASSIGNERS = {
@@ -52,16 +52,6 @@ def random_batch(num_images: int, num_gts: int, image_size: int = 640, seed: int
     boxes = torch.cat([xy, (xy + wh).clamp(max=image_size)], dim=-1)
     labels = torch.randint(0, 80, (num_images, num_gts), generator=g)
     return boxes, labels
-
-
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up (allocator, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def describe(times: list[float]) -> str:
@@ -98,7 +88,9 @@ def main() -> None:
         f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}"
     )
     print(f"{'assigner':34s} {'median':>12s}  [min–max]        vs loop")
-    rows = {"torchvision Matcher + box_iou, loop": timed(torchvision_loop, args.repeats)}
+    rows = {
+        "torchvision Matcher + box_iou, loop": time_calls(torchvision_loop, args.repeats, warmup=1)
+    }
     loop_median = statistics.median(rows["torchvision Matcher + box_iou, loop"])
     print(
         f"{'torchvision Matcher + box_iou, loop':34s} {describe(rows['torchvision Matcher + box_iou, loop'])}   1.0×"
@@ -114,7 +106,7 @@ def main() -> None:
         def run(assigner=assigner, extra=extra):
             return assigner.assign(anchors, per_level, boxes, labels, **extra)
 
-        times = timed(run, repeats)
+        times = time_calls(run, repeats, warmup=1)
         speedup = loop_median / statistics.median(times)
         print(f"{name:34s} {describe(times)}   {speedup:.1f}×")
         rows[name] = times

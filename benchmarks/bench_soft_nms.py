@@ -24,12 +24,12 @@ import argparse
 import math
 import os
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from tunedet.boxes.nms import batched_soft_nms
+from tunedet.deploy.speed import time_calls
 
 REQUIRED_SPEEDUP = 20.0
 
@@ -122,15 +122,6 @@ def check_equal(reference, other, name):
     return worst
 
 
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def describe(times):
     med = statistics.median(times) * 1e3
     return f"{med:9.1f} ms [{min(times) * 1e3:.1f}–{max(times) * 1e3:.1f}]"
@@ -163,7 +154,7 @@ def main() -> None:
             reference = impls["python"]()
             for name in ("numpy", "batched"):
                 check_equal(reference, impls[name](), f"{set_name}/{method}/{name}")
-            times = {name: timed(fn, args.repeats) for name, fn in impls.items()}
+            times = {name: time_calls(fn, args.repeats, warmup=0) for name, fn in impls.items()}
             med = {name: statistics.median(t) for name, t in times.items()}
             vs_python = med["python"] / med["batched"]
             vs_numpy = med["numpy"] / med["batched"]

@@ -84,6 +84,23 @@ def postprocess_detections(
         )
         scores = scores.clone()
         scores[keep] = soft_scores
+    return split_per_image(boxes, scores, labels, image_index, keep, num_images, max_dets)
+
+
+def split_per_image(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    image_index: Tensor,
+    keep: Tensor,
+    num_images: int,
+    max_dets: int,
+) -> list[dict[str, Tensor]]:
+    """The kept candidates of a batch as one dict per image, each capped at ``max_dets``.
+
+    ``boxes (N, 4)``, ``scores (N,)``, ``labels (N,)`` and ``image_index (N,)`` describe all
+    candidates; ``keep`` indexes the survivors in decreasing score order (as NMS returns them).
+    """
     # keep is sorted by decreasing score; a stable sort by image keeps that order per image
     keep = keep[image_index[keep].sort(stable=True).indices]
     kept_images = image_index[keep]

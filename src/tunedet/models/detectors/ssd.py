@@ -26,7 +26,7 @@ from tunedet.config.registry import register
 from tunedet.losses.cross_entropy import stable_softmax
 from tunedet.models.detectors.retinanet import Fraction, RetinaNet
 from tunedet.models.detectors.yolov3 import probability_logits
-from tunedet.models.postprocess import NMSType, postprocess_detections
+from tunedet.models.postprocess import NMSType, postprocess_detections, split_per_image
 
 
 @register(
@@ -162,21 +162,4 @@ class SSD(RetinaNet):
         boxes = torch.minimum(boxes.clamp(min=0), limits)
 
         keep = batched_nms(boxes, scores, image_index * num_classes + labels, self.nms_iou)
-        # keep is sorted by decreasing score; a stable sort by image keeps that order per image
-        keep = keep[image_index[keep].sort(stable=True).indices]
-        kept_images = image_index[keep]
-        counts = torch.bincount(kept_images, minlength=num_images)
-        rank = (
-            torch.arange(len(keep), device=keep.device) - (counts.cumsum(0) - counts)[kept_images]
-        )
-        keep = keep[rank < self.max_dets]
-        counts = counts.clamp(max=self.max_dets).tolist()
-        return [
-            {"boxes": b, "scores": s, "labels": lab}
-            for b, s, lab in zip(
-                boxes[keep].split(counts),
-                scores[keep].split(counts),
-                labels[keep].split(counts),
-                strict=True,
-            )
-        ]
+        return split_per_image(boxes, scores, labels, image_index, keep, num_images, self.max_dets)
