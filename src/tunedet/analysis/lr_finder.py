@@ -132,7 +132,8 @@ def run_lr_finder(
             batch = next(batches)
         batch = batch.to(device)
         optimizer.zero_grad(set_to_none=True)
-        total = sum(model.loss(batch.images, batch.gt_boxes, batch.gt_labels).values())
+        masks = {"gt_masks": batch.gt_masks} if getattr(model, "needs_masks", False) else {}
+        total = sum(model.loss(batch.images, batch.gt_boxes, batch.gt_labels, **masks).values())
         loss = float(total.detach())
         if not math.isfinite(loss):
             losses.append(math.nan)

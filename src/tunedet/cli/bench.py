@@ -71,6 +71,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         train_batch.gt_boxes,
         train_batch.gt_labels,
         args.repeats,
+        gt_masks=train_batch.gt_masks,
     )
     model.eval()
     paths = inference_paths(model, int(height), threads=cfg.threads, onnx=not args.no_onnx)

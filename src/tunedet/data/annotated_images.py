@@ -46,6 +46,7 @@ from tunedet.data.bad_input import (
     BadInputReport,
     DataError,
 )
+from tunedet.data.masks import decode_rles, encode_masks, rle_area
 from tunedet.data.tiling import crop_to_tile, make_tiles
 
 FULL_CHECK_LIMIT = 2000
@@ -64,6 +65,8 @@ class ImageRecord:
     boxes: (N, 4) float32 xyxy px; labels: (N,) int64;
     train: (N,) bool, a training target (not crowd / ignore / unused difficult);
     iscrowd, ignore, difficult: (N,) bool flags for the evaluation GT.
+    segmentations: per annotation, the compressed COCO RLE counts (str) of its mask in
+        this image's pixels (data/masks.py), or None (a reader without masks).
     """
 
     path: Path
@@ -77,6 +80,7 @@ class ImageRecord:
     iscrowd: np.ndarray
     ignore: np.ndarray
     difficult: np.ndarray
+    segmentations: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +93,7 @@ class RecordBuilder:
     iscrowd: list[bool] = field(default_factory=list)
     ignore: list[bool] = field(default_factory=list)
     difficult: list[bool] = field(default_factory=list)
+    segmentations: list[str | None] = field(default_factory=list)
 
     def add(
         self,
@@ -98,6 +103,7 @@ class RecordBuilder:
         iscrowd: bool = False,
         ignore: bool = False,
         difficult: bool = False,
+        segmentation: str | None = None,
     ) -> None:
         self.boxes.append(box)
         self.labels.append(label)
@@ -105,6 +111,7 @@ class RecordBuilder:
         self.iscrowd.append(iscrowd)
         self.ignore.append(ignore)
         self.difficult.append(difficult)
+        self.segmentations.append(segmentation)
 
     def build(self, path: Path, file: str, image_id: int, width: int, height: int) -> ImageRecord:
         boxes = (
@@ -122,6 +129,7 @@ class RecordBuilder:
             iscrowd=np.asarray(self.iscrowd, dtype=bool),
             ignore=np.asarray(self.ignore, dtype=bool),
             difficult=np.asarray(self.difficult, dtype=bool),
+            segmentations=list(self.segmentations),
         )
 
 
@@ -223,7 +231,10 @@ class AnnotatedImageDataset(Dataset):
     Item: ``{"image": (H, W, 3) uint8, "boxes": (N, 4) float32 xyxy, "labels":
     (N,) int64, "image_id": int, "file": str}`` with only the training
     targets. With ``tile_size`` each tile is one item, ``file`` is
-    ``"<file>#<x0>,<y0>"`` and image ids are 1..num_tiles.
+    ``"<file>#<x0>,<y0>"`` and image ids are 1..num_tiles. With ``masks`` (the records
+    carry ``segmentations``) items add ``"masks": (N, H, W) uint8`` and the COCO GT
+    ``segmentation`` (compressed RLE, cut to the tile) with ``area`` the mask's pixel
+    count (COCO's definition).
     """
 
     def __init__(
@@ -235,6 +246,7 @@ class AnnotatedImageDataset(Dataset):
         tile_size: int | None = None,
         tile_overlap: float = 0.25,
         min_visible: float = 0.5,
+        masks: bool = False,
     ) -> None:
         if not records:
             details = f"; problems: {'; '.join(report.summary().splitlines())}" if report else ""
@@ -244,6 +256,7 @@ class AnnotatedImageDataset(Dataset):
         self.report = report
         self.tile_size = tile_size
         self.min_visible = min_visible
+        self.masks = masks
         self.items: list[tuple[int, tuple[int, int, int, int] | None, int]] = []
         if tile_size is None:
             self.items = [(i, None, rec.image_id) for i, rec in enumerate(records)]
@@ -283,19 +296,40 @@ class AnnotatedImageDataset(Dataset):
         if tile is None:
             keep = record.train
             boxes, labels, file = record.boxes[keep], record.labels[keep], record.file
+            index = np.flatnonzero(keep)
         else:
             x0, y0, x1, y1 = tile
             image = np.ascontiguousarray(image[y0:y1, x0:x1])
             cut = crop_to_tile(record.boxes, record.labels, tile, self.min_visible)
             keep = cut.keep & record.train[cut.index]
             boxes, labels, file = cut.boxes[keep], cut.labels[keep], f"{record.file}#{x0},{y0}"
-        return {
+            index = cut.index[keep]
+        sample = {
             "image": image,
             "boxes": boxes.astype(np.float32).reshape(-1, 4),
             "labels": labels.astype(np.int64),
             "image_id": image_id,
             "file": file,
         }
+        if self.masks:
+            sample["masks"] = self._masks(record, index, tile)
+        return sample
+
+    @staticmethod
+    def _masks(
+        record: ImageRecord, index: np.ndarray, tile: tuple[int, int, int, int] | None
+    ) -> np.ndarray:
+        """Masks ``(len(index), H, W) uint8`` of the record's annotations ``index``, cut to
+        ``tile`` (decoded one at a time then: a large image's masks may not fit at once)."""
+        size = [record.height, record.width]
+        rles = [{"size": size, "counts": record.segmentations[i]} for i in index]
+        if tile is None:
+            return decode_rles(rles, record.height, record.width)
+        x0, y0, x1, y1 = tile
+        masks = np.zeros((len(rles), y1 - y0, x1 - x0), np.uint8)
+        for k, rle in enumerate(rles):
+            masks[k] = decode_rles([rle], record.height, record.width)[0, y0:y1, x0:x1]
+        return masks
 
     def coco_ground_truth(self) -> dict:
         """COCO GT of every item (tile) in its own pixels; ``category_id`` == label.
@@ -317,6 +351,11 @@ class AnnotatedImageDataset(Dataset):
                 index, boxes = cut.index, cut.boxes
                 ignore = rec.ignore[index] | ~cut.keep
             images.append({"id": image_id, "file_name": file, "width": width, "height": height})
+            if self.masks and tile is None:
+                size = [rec.height, rec.width]
+                rles = [{"size": size, "counts": rec.segmentations[i]} for i in index]
+            elif self.masks:
+                rles = encode_masks(self._masks(rec, index, tile))
             for k, i in enumerate(index):
                 xywh = _xywh(boxes[k])
                 annotations.append(
@@ -331,5 +370,8 @@ class AnnotatedImageDataset(Dataset):
                         "difficult": int(rec.difficult[i]),
                     }
                 )
+                if self.masks:
+                    annotations[-1]["segmentation"] = rles[k]
+                    annotations[-1]["area"] = float(rle_area(rles[k]))
         categories = [{"id": i, "name": name} for i, name in enumerate(self.classes)]
         return {"images": images, "annotations": annotations, "categories": categories}

@@ -6,6 +6,12 @@ categories being dropped and counted). Crowd (``iscrowd: 1``) and
 ``ignore: 1`` annotations are not training targets; they stay in
 `coco_ground_truth()` with their flag. Sample ``image_id`` is the file's own
 image id (tiles are renumbered 1..num_tiles).
+
+With ``masks: true`` each annotation's ``segmentation`` (polygons, uncompressed or
+compressed RLE) is read into a compressed RLE (data/masks.py); a missing or
+malformed one skips the annotation like any other bad annotation (or raises in
+strict mode, naming the file and annotation id). Samples then carry ``"masks"``
+and the COCO ground truth ``segmentation`` in original pixels.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from tunedet.data.bad_input import (
     BadInputReport,
     DataError,
 )
+from tunedet.data.masks import segmentation_to_rle
 
 
 def load_coco_json(ann_file: str | Path) -> dict:
@@ -83,6 +90,7 @@ class CocoDataset(AnnotatedImageDataset):
         tile_size: cut images into square tiles of this size; None: whole images.
         tile_overlap: overlap of neighbouring tiles, as a fraction of tile_size.
         min_visible: a tile-cut box is kept if this fraction of it is inside.
+        masks: read each annotation's ``segmentation`` into an instance mask.
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class CocoDataset(AnnotatedImageDataset):
         tile_size: Annotated[int, Field(ge=1)] | None = None,
         tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25,
         min_visible: Annotated[float, Field(ge=0, le=1)] = 0.5,
+        masks: bool = False,
     ) -> None:
         data = load_coco_json(ann_file)
         report = BadInputReport(strict)
@@ -164,11 +173,19 @@ class CocoDataset(AnnotatedImageDataset):
                     size,
                     label_of_cat,
                     report,
+                    masks,
                 )
             records.append(builder.build(path, file_name, image_id, *size))
 
         super().__init__(
-            records, classes, report, f"COCO {ann_file}", tile_size, tile_overlap, min_visible
+            records,
+            classes,
+            report,
+            f"COCO {ann_file}",
+            tile_size,
+            tile_overlap,
+            min_visible,
+            masks,
         )
 
     @staticmethod
@@ -185,6 +202,7 @@ class CocoDataset(AnnotatedImageDataset):
         size: tuple[int, int],
         label_of_cat: dict[int, int],
         report: BadInputReport,
+        masks: bool = False,
     ) -> None:
         bbox = ann.get("bbox")
         if not isinstance(bbox, list | tuple) or len(bbox) != 4 or not all(map(_number, bbox)):
@@ -194,11 +212,24 @@ class CocoDataset(AnnotatedImageDataset):
         if not isinstance(category, int) or category not in label_of_cat:
             report.record(UNKNOWN_CLASS_DROPPED, where, f"category_id {category!r}")
             return
+        segmentation = None
+        if masks:
+            try:
+                rle = segmentation_to_rle(ann.get("segmentation"), size[1], size[0])
+            except ValueError as err:
+                report.record(MALFORMED_ANNOTATION_SKIPPED, where, str(err))
+                return
+            segmentation = rle["counts"]
         x, y, w, h = (float(v) for v in bbox)
         box = repair_box([x, y, x + w, y + h], size[0], size[1], report, where)
         if box is None:
             return
         crowd, ignore = bool(ann.get("iscrowd", 0)), bool(ann.get("ignore", 0))
         builder.add(
-            box, label_of_cat[category], train=not (crowd or ignore), iscrowd=crowd, ignore=ignore
+            box,
+            label_of_cat[category],
+            train=not (crowd or ignore),
+            iscrowd=crowd,
+            ignore=ignore,
+            segmentation=segmentation,
         )

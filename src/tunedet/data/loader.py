@@ -23,6 +23,8 @@ class DetectionBatch:
     gt_labels: (B, M) long, -1 marks padding.
     image_sizes: (B, 2) long (h, w) of each unpadded image.
     metas: per image ``{"image_id", "file", "scale", "orig_size": (h, w)}``.
+    gt_masks: (B, M, H, W) uint8 instance masks, padded as ``gt_boxes`` (zeros in padded
+        slots and padded pixels); None when the samples carry no ``"masks"``.
     """
 
     images: torch.Tensor
@@ -30,14 +32,17 @@ class DetectionBatch:
     gt_labels: torch.Tensor
     image_sizes: torch.Tensor
     metas: list[dict]
+    gt_masks: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> DetectionBatch:
+        masks = self.gt_masks
         return replace(
             self,
             images=self.images.to(device, non_blocking=non_blocking),
             gt_boxes=self.gt_boxes.to(device, non_blocking=non_blocking),
             gt_labels=self.gt_labels.to(device, non_blocking=non_blocking),
             image_sizes=self.image_sizes.to(device, non_blocking=non_blocking),
+            gt_masks=None if masks is None else masks.to(device, non_blocking=non_blocking),
         )
 
     def pin_memory(self) -> DetectionBatch:
@@ -48,6 +53,7 @@ class DetectionBatch:
             gt_boxes=self.gt_boxes.pin_memory(),
             gt_labels=self.gt_labels.pin_memory(),
             image_sizes=self.image_sizes.pin_memory(),
+            gt_masks=None if self.gt_masks is None else self.gt_masks.pin_memory(),
         )
 
     def __len__(self) -> int:
@@ -67,7 +73,9 @@ def collate_detection(samples: Sequence[dict], size_divisor: int = 32) -> Detect
     as float 0..255) are zero-padded bottom/right to the batch's largest
     height/width rounded up to ``size_divisor``. GT is padded to
     ``M = max(1, max N)`` boxes with label -1 (M >= 1 keeps reductions over
-    GT well defined for all-background batches).
+    GT well defined for all-background batches). Samples with ``"masks" (N, h, w)``
+    (all or none of them; ``h, w`` of the sample's image) give ``gt_masks (B, M, H, W)
+    uint8``, zero in padded slots and pixels.
     """
     if not samples:
         raise ValueError("collate_detection needs at least one sample")
@@ -88,6 +96,7 @@ def collate_detection(samples: Sequence[dict], size_divisor: int = 32) -> Detect
         if n:
             gt_boxes[i, :n] = torch.as_tensor(np.asarray(sample["boxes"]), dtype=torch.float32)
             gt_labels[i, :n] = torch.as_tensor(np.asarray(sample["labels"]), dtype=torch.long)
+    gt_masks = _collate_masks(samples, sizes, m, (pad_h, pad_w))
 
     metas = [
         {
@@ -104,7 +113,30 @@ def collate_detection(samples: Sequence[dict], size_divisor: int = 32) -> Detect
         gt_labels=gt_labels,
         image_sizes=torch.tensor(sizes, dtype=torch.long).reshape(-1, 2),
         metas=metas,
+        gt_masks=gt_masks,
     )
+
+
+def _collate_masks(
+    samples: Sequence[dict], sizes: list[tuple[int, int]], m: int, padded: tuple[int, int]
+) -> torch.Tensor | None:
+    """``(B, m, H, W) uint8`` of the samples' ``"masks"``; None when no sample has masks."""
+    with_masks = ["masks" in s for s in samples]
+    if not any(with_masks):
+        return None
+    if not all(with_masks):
+        first = samples[with_masks.index(False)]["file"]
+        raise ValueError(f"{first}: sample without masks in a batch of samples with masks")
+    gt_masks = torch.zeros((len(samples), m, *padded), dtype=torch.uint8)
+    for i, (sample, (h, w)) in enumerate(zip(samples, sizes, strict=True)):
+        masks = torch.as_tensor(np.asarray(sample["masks"], dtype=np.uint8))
+        if masks.shape != (len(sample["labels"]), h, w):
+            raise ValueError(
+                f"{sample['file']}: masks of shape {tuple(masks.shape)} do not match "
+                f"{len(sample['labels'])} boxes in a {h}x{w} image"
+            )
+        gt_masks[i, : masks.shape[0], :h, :w] = masks
+    return gt_masks
 
 
 class TransformedDataset(Dataset):

@@ -157,6 +157,16 @@ class MixUp:
         return out
 
 
+def mask_tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """``(N, 4) float32`` xyxy boxes of the nonzero pixels of ``masks (N, H, W)`` (each
+    non-empty): first column / row, and last + 1."""
+    height, width = masks.shape[1:]
+    cols, rows = masks.any(axis=1), masks.any(axis=2)
+    x0, y0 = cols.argmax(axis=1), rows.argmax(axis=1)
+    x1, y1 = width - cols[:, ::-1].argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
+
+
 def _int_region(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
     """The pixels a float xyxy box touches: ``floor`` of the start, ``ceil`` of the end."""
     x0, y0 = int(np.floor(max(box[0], 0))), int(np.floor(max(box[1], 0)))
@@ -172,7 +182,9 @@ class CopyPaste:
     crops (scaled down to fit when larger than this image). Later pastes cover earlier
     ones. Every object, old or pasted, whose visible fraction (uncovered mask pixels,
     or uncovered box pixels without masks) falls below ``min_visible`` is dropped with
-    its label and mask; covered mask pixels are cleared; boxes are kept as they were."""
+    its label and mask; covered mask pixels are cleared and, as in the paper, the box of
+    a partly covered object becomes the tight box of its visible mask (without masks
+    boxes are kept as they were)."""
 
     def __init__(
         self,
@@ -254,12 +266,15 @@ class CopyPaste:
             [after / np.maximum(before, 1), new_after / np.maximum(new_before, 1)]
         )
         keep = visible >= self.min_visible - 1e-9
+        all_boxes = np.concatenate([boxes, np.asarray(pasted_boxes, np.float32).reshape(-1, 4)])
+        if masked:
+            all_masks = np.concatenate([old_masks, new_masks])
+            shrunk = (visible < 1.0) & (np.concatenate([after, new_after]) > 0)
+            all_boxes[shrunk] = mask_tight_boxes(all_masks[shrunk])
         out = {
             **sample,
             "image": image,
-            "boxes": np.concatenate([boxes, np.asarray(pasted_boxes, np.float32).reshape(-1, 4)])[
-                keep
-            ],
+            "boxes": all_boxes[keep],
             "labels": np.concatenate(
                 [
                     np.asarray(sample["labels"], np.int64),
@@ -268,5 +283,5 @@ class CopyPaste:
             )[keep],
         }
         if masked:
-            out["masks"] = np.concatenate([old_masks, new_masks])[keep]
+            out["masks"] = all_masks[keep]
         return clip_and_filter(out, self.min_size)

@@ -14,6 +14,12 @@ Backgrounds are blocky or smooth two-colour noise, with pixel noise over
 the whole image; clutter
 (lines, blobs smaller than ``min_size``) is drawn under the objects and is
 not annotated. Boxes are the tight boxes of the drawn shapes (integer px).
+
+With ``masks: true`` each object also has its shape's own (amodal) mask, drawn
+by the same primitive as its pixels: the full shape, also where a later
+object covers it, so every mask's tight box is its object's box. The COCO
+ground truth then carries each mask as compressed RLE, with ``area`` the mask's
+pixel count (COCO's definition).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from torch.utils.data import Dataset
 
 from tunedet.config.registry import register
 from tunedet.data.bad_input import BadInputReport
+from tunedet.data.masks import encode_masks, rle_area
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 MAX_COVER = 0.6  # a new object may cover at most this fraction of an earlier object's box
@@ -105,6 +112,16 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: np.ndarray, fill: tup
         raise ValueError(f"unknown shape {shape!r}")
 
 
+def render_masks(image_size: int, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The shapes' own masks ``(N, S, S) uint8`` (1 inside), drawn as `render_scene` draws them."""
+    masks = np.zeros((len(boxes), image_size, image_size), np.uint8)
+    for k, (box, label) in enumerate(zip(boxes, labels, strict=True)):
+        canvas = Image.new("L", (image_size, image_size), 0)
+        draw_shape(ImageDraw.Draw(canvas), SHAPES[int(label)], box, 1)
+        masks[k] = np.asarray(canvas)
+    return masks
+
+
 def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.ndarray]:
     """Two random colours mixed by an upsampled random grid (blocky or smooth)."""
     colours = rng.integers(0, 256, (2, 3))
@@ -171,6 +188,7 @@ class SyntheticShapes(Dataset):
         max_size_frac: largest object side as a fraction of image_size.
         empty_fraction: probability that an image has no object.
         clutter: draw distractor lines and small blobs (not annotated).
+        masks: add each object's mask (``"masks" (N, S, S) uint8``, the shape's own).
     """
 
     def __init__(
@@ -184,6 +202,7 @@ class SyntheticShapes(Dataset):
         max_size_frac: Annotated[float, Field(gt=0, le=1)] = 0.7,
         empty_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05,
         clutter: bool = True,
+        masks: bool = False,
     ) -> None:
         if min_size > max_size_frac * image_size:
             raise ValueError(
@@ -200,6 +219,7 @@ class SyntheticShapes(Dataset):
         self.max_size_frac = max_size_frac
         self.empty_fraction = empty_fraction
         self.clutter = clutter
+        self.masks = masks
         self.classes = list(SHAPES[:num_classes])
         self.report = BadInputReport()
 
@@ -225,19 +245,26 @@ class SyntheticShapes(Dataset):
         boxes, labels = self.geometry(index)
         rng = np.random.default_rng([self.seed, index, 1])
         image = render_scene(rng, self.image_size, boxes, labels, self.clutter, self.min_size)
-        return {
+        sample = {
             "image": image,
             "boxes": boxes,
             "labels": labels,
             "image_id": index + 1,
             "file": f"{index:06d}.png",
         }
+        if self.masks:
+            sample["masks"] = render_masks(self.image_size, boxes, labels)
+        return sample
 
     def coco_ground_truth(self) -> dict:
-        """COCO GT of all items (geometry only, no rendering); ``category_id`` == label."""
+        """COCO GT of all items (geometry only, no image rendered); ``category_id`` == label.
+
+        With masks, each annotation has ``segmentation`` (compressed RLE) and ``area``
+        is the mask's pixel count."""
         images, annotations = [], []
         for index in range(self.num_images):
             boxes, labels = self.geometry(index)
+            rles = encode_masks(render_masks(self.image_size, boxes, labels)) if self.masks else []
             images.append(
                 {
                     "id": index + 1,
@@ -246,17 +273,19 @@ class SyntheticShapes(Dataset):
                     "height": self.image_size,
                 }
             )
-            for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
+            for k, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist(), strict=True)):
                 w, h = box[2] - box[0], box[3] - box[1]
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": index + 1,
-                        "category_id": label,
-                        "bbox": [box[0], box[1], w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
-                    }
-                )
+                annotation = {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": label,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+                if self.masks:
+                    annotation["segmentation"] = rles[k]
+                    annotation["area"] = float(rle_area(rles[k]))
+                annotations.append(annotation)
         categories = [{"id": i, "name": name} for i, name in enumerate(self.classes)]
         return {"images": images, "annotations": annotations, "categories": categories}

@@ -40,15 +40,22 @@ def describe(times: list[float], images: int) -> str:
 
 
 def train_step_times(
-    detector: nn.Module, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor, repeats: int
+    detector: nn.Module,
+    images: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    repeats: int,
+    gt_masks: Tensor | None = None,
 ) -> list[float]:
-    """Seconds per training step (loss, backward, SGD step) on one fixed batch."""
+    """Seconds per training step (loss, backward, SGD step) on one fixed batch; a mask
+    detector (``needs_masks``) also gets ``gt_masks``."""
     detector.train()
     optimizer = torch.optim.SGD(detector.parameters(), lr=1e-4, momentum=0.9)
+    masks = {"gt_masks": gt_masks} if getattr(detector, "needs_masks", False) else {}
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        sum(detector.loss(images, gt_boxes, gt_labels).values()).backward()
+        sum(detector.loss(images, gt_boxes, gt_labels, **masks).values()).backward()
         optimizer.step()
 
     times = time_calls(step, repeats)

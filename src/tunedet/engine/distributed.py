@@ -135,16 +135,25 @@ def barrier() -> None:
 
 
 class LossForward(nn.Module):
-    """``forward(images, gt_boxes, gt_labels) = detector.loss(...)``: DDP synchronises the
-    gradients of what runs inside its wrapped module's ``forward``, and a detector's
-    training entry point is ``loss``."""
+    """``forward(images, gt_boxes, gt_labels[, gt_masks]) = detector.loss(...)``: DDP
+    synchronises the gradients of what runs inside its wrapped module's ``forward``, and a
+    detector's training entry point is ``loss``. ``gt_masks`` (a mask detector's, see
+    ``needs_masks``) is passed on only when given."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
         self.detector = detector
 
-    def forward(self, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> dict[str, Tensor]:
-        return self.detector.loss(images, gt_boxes, gt_labels)
+    def forward(
+        self,
+        images: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_masks: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        if gt_masks is None:
+            return self.detector.loss(images, gt_boxes, gt_labels)
+        return self.detector.loss(images, gt_boxes, gt_labels, gt_masks=gt_masks)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

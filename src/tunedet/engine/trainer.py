@@ -189,6 +189,10 @@ class Trainer:
         init_detector(self.model, cfg.load_from, cfg.freeze, log=self.log)  # pretrained.py
         self.train_set = build_dataset(cfg.data.train)
         self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
+        # a mask detector (Mask R-CNN) gets gt_masks in its loss and is scored on segm too
+        self.needs_masks = bool(getattr(self.model, "needs_masks", False))
+        if self.needs_masks:
+            check_datasets_have_masks(cfg, self.train_set, self.val_set)
         if train.sync_bn and self.world_size > 1:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
@@ -374,8 +378,9 @@ class Trainer:
 
     def _micro_losses(self, batch: Any) -> dict[str, torch.Tensor]:
         compute = self.ddp if self.ddp is not None else self.model.loss
+        masks = {"gt_masks": batch.gt_masks} if self.needs_masks else {}
         with autocast(self.cfg.train.amp, self.amp_device):
-            losses = compute(batch.images, batch.gt_boxes, batch.gt_labels)
+            losses = compute(batch.images, batch.gt_boxes, batch.gt_labels, **masks)
             if self.distiller is not None:
                 losses = {**losses, "distill": self.distiller.loss(batch.images)}
         return losses
@@ -557,12 +562,35 @@ class Trainer:
         results = merge_shards(distributed.gather_objects(shard)) if self.world_size > 1 else shard
         metrics = None
         if self.is_main:
-            metrics = evaluate_results(dataset.coco_ground_truth(), results, self.cfg.eval.metric)
+            metrics = evaluate_results(
+                dataset.coco_ground_truth(), results, self.cfg.eval.metric, self.needs_masks
+            )
             if self.cfg.eval.metric == "coco":
                 self.log(format_coco_table(metrics))
             else:
-                self.log(json.dumps(metrics))
+                self.log(json.dumps({k: v for k, v in metrics.items() if k[:5] != "segm_"}))
+            if self.needs_masks:
+                segm = {k[5:]: v for k, v in metrics.items() if k[:5] == "segm_"}
+                self.log("segm:\n" + format_coco_table(segm))
         return distributed.broadcast_object(metrics)
+
+
+def check_datasets_have_masks(cfg: Any, train_set: Any, val_set: Any) -> None:
+    """One line when a mask detector is given a dataset whose samples carry no masks (a
+    dataset with masks has ``masks = True``: ``synthetic`` / ``coco`` with ``masks: true``),
+    or sliced evaluation (which merges boxes, not masks)."""
+    for key, dataset in (("data.train", train_set), ("data.val", val_set)):
+        if dataset is not None and not getattr(dataset, "masks", False):
+            kind = getattr(cfg.data, key.split(".")[1]).type
+            raise ValueError(
+                f"model.type {cfg.model.type} trains on instance masks, but {key} "
+                f"({kind}) has none: set {key}.masks=true (datasets synthetic, coco)"
+            )
+    if cfg.eval.sliced is not None:
+        raise ValueError(
+            f"eval.sliced merges boxes only, not the masks of model.type {cfg.model.type}: "
+            "set eval.sliced=null"
+        )
 
 
 def evaluation_batches(num_images: int, batch_size: int, rank: int, world_size: int) -> list:
@@ -630,6 +658,7 @@ def predict_dataset(
             [m["image_id"] for m in batch.metas],
             [m["scale"] for m in batch.metas],
             label_to_category,
+            orig_sizes=[m["orig_size"] for m in batch.metas],
         )
         if world_size > 1:
             batch_results = [{**r, "_batch": index} for r in batch_results]
@@ -637,10 +666,19 @@ def predict_dataset(
     return results
 
 
-def evaluate_results(gt: dict, results: list[dict], metric: str) -> dict[str, float]:
+def evaluate_results(
+    gt: dict, results: list[dict], metric: str, segm: bool = False
+) -> dict[str, float]:
+    """The box metrics of ``eval.metric`` (COCO's 12 stats, or VOC mAP and AP per class);
+    with ``segm`` (a mask detector's results) also the 12 COCO mask stats as ``segm_AP``,
+    ``segm_AP50``, ..."""
     if metric == "coco":
-        return coco_evaluate(gt, results)
-    summary = voc_evaluate(gt, results, iou_thr=0.5, use_07_metric=metric == "voc07")
-    out = {"mAP": float(summary["mAP"])}
-    out.update({f"AP/{name}": float(ap) for name, ap in summary["per_class"].items()})
+        out = coco_evaluate(gt, results)
+    else:
+        summary = voc_evaluate(gt, results, iou_thr=0.5, use_07_metric=metric == "voc07")
+        out = {"mAP": float(summary["mAP"])}
+        out.update({f"AP/{name}": float(ap) for name, ap in summary["per_class"].items()})
+    if segm:
+        stats = coco_evaluate(gt, results, iou_type="segm")
+        out.update({f"segm_{name}": value for name, value in stats.items()})
     return out

@@ -1,4 +1,4 @@
-"""COCO-style box evaluation through faster-coco-eval.
+"""COCO-style box and mask (segm) evaluation through faster-coco-eval.
 
 `coco_evaluate` returns the 12 standard COCO statistics, equal to
 pycocotools' `COCOeval` on the same input (faster-coco-eval reimplements its
@@ -21,6 +21,11 @@ Input normalisation done here, before the evaluator sees the data:
   counts such objects as normal GT); mark them `"ignore": 1` to exclude them.
 - Inputs are copied; the caller's dicts are never modified.
 
+For ``iou_type="segm"`` GT and results carry ``segmentation`` (polygons or RLE); a
+result's ``area`` stays its box's ``w * h``, as pycocotools' ``loadRes`` sets it for
+results with a ``bbox``. `detections_to_coco_results` turns a mask detector's
+probabilities into compressed RLE in original pixels.
+
 Stats are -1 where nothing can be measured (no GT in that area range), as in
 pycocotools.
 """
@@ -32,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval.core import mask as mask_api
 
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP",
@@ -360,34 +366,74 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+MASK_THRESHOLD = 0.5
+MASK_CHUNK = 16  # masks resized at once: K full-size float masks may not fit in memory
+
+
+def masks_to_rles(masks: Any, orig_size: tuple[int, int]) -> list[dict]:
+    """Compressed RLEs (``counts`` str) of mask probabilities ``(K, h, w)`` resized to
+    ``orig_size = (H, W)`` (bilinear, ``align_corners=False``) and binarised at
+    ``>= MASK_THRESHOLD``."""
+    import torch
+    import torch.nn.functional as F
+
+    probs = masks if isinstance(masks, torch.Tensor) else torch.as_tensor(np.asarray(masks))
+    height, width = (int(v) for v in orig_size)
+    rles: list[dict] = []
+    for start in range(0, probs.shape[0], MASK_CHUNK):
+        part = probs[start : start + MASK_CHUNK].float()[:, None]
+        if tuple(part.shape[-2:]) != (height, width):
+            part = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
+        binary = (part[:, 0] >= MASK_THRESHOLD).to(torch.uint8).cpu().numpy()
+        encoded = mask_api.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        for rle in encoded:
+            counts = rle["counts"]
+            rles.append(
+                {
+                    "size": [height, width],
+                    "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+                }
+            )
+    return rles
+
+
 def detections_to_coco_results(
     predictions: list[dict],
     image_ids: list[int],
     scales: list[float] | list[tuple[float, float]],
     label_to_category: list[int],
+    orig_sizes: list[tuple[int, int]] | None = None,
 ) -> list[dict]:
     """Turn a detector's per-image predictions into COCO results in original pixels.
 
     Args:
         predictions: per image `{"boxes": (K, 4) xyxy in the resized input
             image, "scores": (K,), "labels": (K,) 0-based}`, torch tensors or
-            numpy arrays.
+            numpy arrays; a mask detector's also `"masks": (K, h, w)`
+            probabilities in the unpadded resized image.
         image_ids: COCO image id of each prediction.
         scales: resize factor of each image (resized = original * scale); a
             float, or `(scale_x, scale_y)` for a non-uniform resize.
         label_to_category: COCO category id of each 0-based label.
+        orig_sizes: `(height, width)` of each original image; needed when the
+            predictions carry masks (`masks_to_rles`).
 
     Returns:
-        `[{image_id, category_id, bbox [x, y, w, h], score}]` with plain floats.
+        `[{image_id, category_id, bbox [x, y, w, h], score}]` with plain floats,
+        plus `segmentation` (compressed RLE in original pixels) with masks.
     """
     if not len(predictions) == len(image_ids) == len(scales):
         raise ValueError(
             f"predictions, image_ids and scales differ in length: "
             f"{len(predictions)}, {len(image_ids)}, {len(scales)}"
         )
+    if orig_sizes is not None and len(orig_sizes) != len(predictions):
+        raise ValueError(
+            f"orig_sizes has {len(orig_sizes)} entries for {len(predictions)} predictions"
+        )
     categories = np.asarray(label_to_category, dtype=np.int64)
     results: list[dict] = []
-    for pred, image_id, scale in zip(predictions, image_ids, scales, strict=True):
+    for i, (pred, image_id, scale) in enumerate(zip(predictions, image_ids, scales, strict=True)):
         boxes = _to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4)
         scores = _to_numpy(pred["scores"]).astype(np.float64).reshape(-1)
         labels = _to_numpy(pred["labels"]).astype(np.int64).reshape(-1)
@@ -401,8 +447,19 @@ def detections_to_coco_results(
         xywh = boxes / np.array([sx, sy, sx, sy], dtype=np.float64)
         xywh[:, 2:] -= xywh[:, :2]
         cats = categories[labels]
-        results.extend(
+        image_results = [
             {"image_id": int(image_id), "category_id": int(c), "bbox": b, "score": s}
             for b, s, c in zip(xywh.tolist(), scores.tolist(), cats.tolist(), strict=True)
-        )
+        ]
+        if "masks" in pred:
+            if orig_sizes is None:
+                raise ValueError(f"image {image_id}: predictions carry masks: pass orig_sizes")
+            rles = masks_to_rles(pred["masks"], orig_sizes[i])
+            if len(rles) != len(image_results):
+                raise ValueError(
+                    f"image {image_id}: {len(rles)} masks for {len(image_results)} boxes"
+                )
+            for result, rle in zip(image_results, rles, strict=True):
+                result["segmentation"] = rle
+        results.extend(image_results)
     return results
