@@ -1,7 +1,8 @@
-"""Training img/s of tunedet vs torchvision at equal architecture and input (RetinaNet-R18-FPN).
+"""Training img/s of tunedet vs torchvision at equal architecture and input (RetinaNet-R18-FPN,
+Faster R-CNN-R18-FPN).
 
     python benchmarks/bench_train_vs_torchvision.py [--repeats 7] [--batch 4] [--size 320]
-        [--threads 2] [--profile]
+        [--threads 2] [--profile] [--models retinanet faster_rcnn]
 
 Both models: ResNet-18 (torchvision's, random init, BatchNorm, all stages trained), FPN 256
 on C3–C5 + P6/P7 from P5 (ReLU before P7), RetinaNet head 4 × 256 convs per branch, no
@@ -15,6 +16,18 @@ image). Checked before timing: both networks see the same image tensor, have the
 number of parameters and anchors. Steps are timed in turns (round-robin); median img/s
 over ``--repeats`` with min–max. ``--profile`` adds torch.profiler's split of one step
 of each into convolutions (forward + backward) and everything else.
+
+Faster R-CNN-R18-FPN, both: ResNet-18 (BatchNorm, all stages trained) C2–C5, FPN 256 on
+P2–P5 + P6 max-pooled from P5; RPN (one 3×3 conv 256 + objectness and deltas, anchors
+32–512 one size per level × ratios 0.5/1/2 at the cell corner, max-IoU 0.7/0.3 with
+low-quality matches, 256 sampled at 0.5, pre-NMS top 2000 per level, NMS 0.7, post-NMS
+top 2000 per image, smooth L1 β = 1/9); RoIAlign 7×7, sampling ratio 2, levels P2–P5 by
+k0 = 4, s0 = 224; GT boxes added to the proposals, max-IoU 0.5 without low-quality
+matches, 512 sampled at 0.25; 2-MLP 1024; softmax over 10 classes + background; smooth L1
+β = 1/9 on deltas with weights (10, 10, 5, 5). torchvision: ``FasterRCNN`` on
+``_resnet_fpn_extractor(resnet18(), 5, [1, 2, 3, 4], LastLevelMaxPool())``, its defaults
+otherwise. The one difference: torchvision's box regressor also has outputs for the
+background class (4 · 1024 + 4 parameters more), which no loss reaches.
 """
 
 from __future__ import annotations
@@ -26,9 +39,9 @@ import time
 
 import torch
 import torchvision
-from torchvision.models.detection import RetinaNet
+from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from tunedet.models import build_detector
 
@@ -61,6 +74,52 @@ TUNEDET_SPEC = {
 }
 
 
+FASTER_RCNN_SPEC = {
+    "type": "faster_rcnn",
+    "num_classes": NUM_CLASSES,
+    "backbone": {"type": "resnet18", "out_indices": [1, 2, 3, 4], "norm": "bn"},
+    "neck": {"type": "fpn", "out_channels": 256, "num_outs": 5, "extra_type": "maxpool"},
+    "rpn": {
+        "type": "rpn",
+        "anchor_generator": {
+            "type": "grid",
+            "strides": [4, 8, 16, 32, 64],
+            "sizes": [[32], [64], [128], [256], [512]],
+            "ratios": [0.5, 1.0, 2.0],
+            "center_offset": 0.0,
+            "round_base_anchors": True,
+        },
+        "assigner": {"type": "max_iou", "pos_iou_thr": 0.7, "neg_iou_thr": 0.3},
+        "sampler": {"type": "random", "num": 256, "pos_fraction": 0.5},
+        "box_loss": {"type": "smooth_l1", "beta": 1.0 / 9},
+        "pre_nms_topk_train": 2000,
+        "post_nms_topk_train": 2000,
+        "nms_iou": 0.7,
+    },
+    "roi_head": {
+        "type": "standard",
+        "assigner": {
+            "type": "max_iou",
+            "pos_iou_thr": 0.5,
+            "neg_iou_thr": 0.5,
+            "match_low_quality": False,
+        },
+        "sampler": {
+            "type": "random",
+            "num": 512,
+            "pos_fraction": 0.25,
+            "add_gt_as_proposals": True,
+        },
+        "box_loss": {"type": "smooth_l1", "beta": 1.0 / 9},
+        "pooler_resolution": 7,
+        "sampling_ratio": 2,
+        "mlp_dim": 1024,
+    },
+}
+# torchvision's FastRCNNPredictor regresses boxes for the background class too
+BACKGROUND_REGRESSOR_PARAMETERS = 4 * 1024 + 4
+
+
 def torchvision_model(size: int) -> RetinaNet:
     backbone = _resnet_fpn_extractor(
         torchvision.models.resnet18(weights=None), 5, [2, 3, 4], LastLevelP6P7(256, 256)
@@ -81,6 +140,24 @@ def tunedet_model():
     except (KeyError, ValueError):  # no "l1" box loss registered: smooth L1 with β → 0
         spec = dict(TUNEDET_SPEC, box_loss={"type": "smooth_l1", "beta": 1e-6})
         return build_detector(spec)
+
+
+def torchvision_faster_rcnn(size: int) -> FasterRCNN:
+    backbone = _resnet_fpn_extractor(
+        torchvision.models.resnet18(weights=None), 5, [1, 2, 3, 4], LastLevelMaxPool()
+    )
+    return FasterRCNN(
+        backbone,
+        NUM_CLASSES + 1,  # torchvision counts the background
+        min_size=size,
+        max_size=size,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+    )
+
+
+def tunedet_faster_rcnn():
+    return build_detector(FASTER_RCNN_SPEC)
 
 
 def random_batch(batch: int, size: int, boxes_per_image: int = 6, seed: int = 0):
@@ -122,32 +199,56 @@ def profile_split(step, label: str) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    images, boxes, labels = random_batch(args.batch, args.size)
+def retinanet_pair(args, images):
+    """The RetinaNet pair, checked equal (image tensor, parameters, anchors)."""
     tv, td = torchvision_model(args.size), tunedet_model()
-    tv.train()
-    td.train()
-
-    # equal inputs and architecture, checked before timing
-    transformed, _ = tv.transform(list(images), None)
-    assert torch.equal(transformed.tensors, images), "torchvision's transform changed the images"
     assert count(tv) == count(td), f"parameter counts differ: {count(tv)} vs {count(td)}"
     with torch.no_grad():
         feats = list(tv.backbone(images).values())
         tv_anchors = sum(f.shape[-2] * f.shape[-1] for f in feats) * 9
         td_anchors = td(images)[2].shape[0]
     assert tv_anchors == td_anchors, f"anchor counts differ: {tv_anchors} vs {td_anchors}"
+    title = (
+        f"RetinaNet-R18-FPN (P3–P7, 9 anchors, {td_anchors} anchors per image), "
+        f"{count(td) / 1e6:.2f} M parameters both"
+    )
+    return tv, td, title
 
-    targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels, strict=True)]
+
+def faster_rcnn_pair(args, images):
+    """The Faster R-CNN pair, checked equal (image tensor, parameters but the background
+    box regressor, anchors)."""
+    tv, td = torchvision_faster_rcnn(args.size), tunedet_faster_rcnn()
+    difference = count(tv) - count(td)
+    assert difference == BACKGROUND_REGRESSOR_PARAMETERS, f"parameter counts differ by {difference}"
+    with torch.no_grad():
+        feats = list(tv.backbone(images).values())
+        tv_anchors = sum(f.shape[-2] * f.shape[-1] for f in feats) * 3
+        td_anchors = td.rpn(td.features(images)).anchors.shape[0]
+    assert tv_anchors == td_anchors, f"anchor counts differ: {tv_anchors} vs {td_anchors}"
+    title = (
+        f"Faster R-CNN-R18-FPN (P2–P6, 3 anchors, {td_anchors} anchors per image, 512 RoIs "
+        f"per image), tunedet {count(td) / 1e6:.2f} M parameters, torchvision "
+        f"{BACKGROUND_REGRESSOR_PARAMETERS} more (its background box regressor)"
+    )
+    return tv, td, title
+
+
+PAIRS = {"retinanet": retinanet_pair, "faster_rcnn": faster_rcnn_pair}
+
+
+def compare(args, pair, images, boxes, labels) -> float:
+    """Time one pair's SGD steps in turns; print the table; return tunedet / torchvision."""
+    tv, td, title = pair(args, images)
+    tv.train()
+    td.train()
+    transformed, _ = tv.transform(list(images), None)
+    assert torch.equal(transformed.tensors, images), "torchvision's transform changed the images"
+
+    first_label = 1 if isinstance(tv, FasterRCNN) else 0  # torchvision's R-CNN: 0 = background
+    targets = [
+        {"boxes": b, "labels": lab + first_label} for b, lab in zip(boxes, labels, strict=True)
+    ]
     tv_opt = torch.optim.SGD(tv.parameters(), lr=1e-4, momentum=0.9)
     td_opt = torch.optim.SGD(td.parameters(), lr=1e-4, momentum=0.9)
 
@@ -163,10 +264,9 @@ def main() -> None:
 
     load = os.getloadavg()
     print(
-        f"RetinaNet-R18-FPN (P3–P7, 9 anchors, {td_anchors} anchors per image), "
-        f"{count(td) / 1e6:.2f} M parameters both, batch {args.batch} × {args.size} px, "
-        f"{args.threads} threads, torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}, load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"{title}, batch {args.batch} × {args.size} px, {args.threads} threads, torch "
+        f"{torch.__version__}, torchvision {torchvision.__version__}, load average before "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     steps = {"torchvision": tv_step, "tunedet": td_step}
     for step in steps.values():  # warm-up (oneDNN kernels, allocator)
@@ -189,13 +289,29 @@ def main() -> None:
     if args.profile:
         for name, step in steps.items():
             print(profile_split(step, name))
-    ratio = rate["tunedet"] / rate["torchvision"]
+    return rate["tunedet"] / rate["torchvision"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=sorted(PAIRS), default=list(PAIRS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    images, boxes, labels = random_batch(args.batch, args.size)
+    ratios = {name: compare(args, PAIRS[name], images, boxes, labels) for name in args.models}
     load = os.getloadavg()
-    verdict = "ok" if ratio >= REQUIRED_SPEEDUP else "BELOW TARGET"
-    print(
-        f"tunedet / torchvision: {ratio:.2f}× (target ≥ {REQUIRED_SPEEDUP}×: {verdict}); "
-        f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-    )
+    for name, ratio in ratios.items():
+        verdict = "ok" if ratio >= REQUIRED_SPEEDUP else "BELOW TARGET"
+        print(
+            f"{name}: tunedet / torchvision: {ratio:.2f}× (target ≥ {REQUIRED_SPEEDUP}×: {verdict})"
+        )
+    print(f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

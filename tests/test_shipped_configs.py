@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tunedet.config.loader import BUILTIN_CONFIG_DIR, load_raw, validate
+from tunedet.config.registry import REGISTRIES
 from tunedet.engine.trainer import Trainer
 
 CONFIG_FILES = sorted(BUILTIN_CONFIG_DIR.rglob("*.yaml"))
@@ -44,6 +45,8 @@ def one_iteration(raw: dict) -> dict:
         **TINY_DATA,
         "train": {**TINY_DATA["train"], "image_size": size, "num_classes": classes},
     }
+    if getattr(REGISTRIES["detector"].get(model["type"]).target, "needs_masks", False):
+        data["train"]["masks"] = True  # a mask detector (mask_rcnn) trains on instance masks
     raw["data"] = {**data, "size_divisor": raw.get("data", {}).get("size_divisor", 32)}
     raw["train"] = {"max_iters": 1, "progress": False, "ckpt_every": 1, "eval_every": 0}
     raw["schedule"] = {**raw.get("schedule", {}), "warmup": {"type": "none"}}

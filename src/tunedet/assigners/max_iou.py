@@ -51,6 +51,8 @@ class MaxIoUAssigner:
     The IoU is reduced chunk by chunk (``overlaps.summarise_iou``), never stored whole.
     """
 
+    per_image_anchors = True  # also assigns (B, A, 4) per-image boxes (R-CNN proposals)
+
     def __init__(
         self,
         pos_iou_thr: Fraction = 0.5,
@@ -74,14 +76,15 @@ class MaxIoUAssigner:
         gt_boxes: Tensor,
         gt_labels: Tensor,
     ) -> AssignResult:
-        """anchors: (A, 4) xyxy; gt_boxes: (B, M, 4) xyxy; gt_labels: (B, M), -1 = padding.
+        """anchors: (A, 4) xyxy, or (B, A, 4) per image (``per_image_anchors``: a second
+        stage's proposals); gt_boxes: (B, M, 4) xyxy; gt_labels: (B, M), -1 = padding.
 
         ``num_anchors_per_level`` is unused (max-IoU ignores levels); it is part of the
         assigner interface.
         """
         num_images, num_gt = gt_labels.shape
         if num_gt == 0:
-            return all_background(num_images, anchors.shape[0], anchors)
+            return all_background(num_images, anchors.shape[-2], anchors)
         valid = gt_labels >= 0  # (B, M)
         summary = summarise_iou(anchors, gt_boxes.to(anchors), valid)
         matched = threshold_matches(summary.best_iou, summary.best_gt, self)
@@ -114,7 +117,7 @@ def low_quality_claimers(
     IoU is ≥ ``min_pos_iou`` and > 0.
     """
     num_images, num_gt = valid.shape
-    num_anchors = anchors.shape[0]
+    num_anchors = anchors.shape[-2]
     gt_best = summary.gt_best_iou
     eligible = valid & (gt_best >= rule.min_pos_iou) & (gt_best > 0)
     image, gt, anchor = gt_best_anchors(anchors, gt_boxes, summary, eligible)

@@ -81,21 +81,24 @@ def chunk_size(num_images: int, num_gt: int, num_anchors: int, device: torch.dev
 
 
 def summarise_iou(anchors: Tensor, gt_boxes: Tensor, valid: Tensor, topk: int = 0) -> IoUSummary:
-    """anchors: (A, 4) xyxy; gt_boxes: (B, M, 4) xyxy; valid: (B, M) bool (False = padding).
+    """anchors: (A, 4) xyxy, or (B, A, 4) one set per image (a second stage's proposals);
+    gt_boxes: (B, M, 4) xyxy; valid: (B, M) bool (False = padding).
 
     ``topk > 0`` also keeps each anchor's ``min(topk, M)`` best GTs. The loop runs over
     chunks of anchors only (never over images or GTs) to bound the temporaries' size.
     """
     num_images, num_gt = valid.shape
-    num_anchors = anchors.shape[0]
+    num_anchors = anchors.shape[-2]
     chunk = chunk_size(num_images, num_gt, num_anchors, anchors.device)
     gt = tuple(t[..., None] for t in _corners(gt_boxes))  # each (B, M, 1)
     padding = ~valid[..., None]
-    anchor_corners = _corners(anchors)  # each (A,)
+    anchor_corners = _corners(anchors)  # each (A,), or (B, A) → (B, 1, A)
+    if anchors.dim() == 3:
+        anchor_corners = tuple(t[:, None, :] for t in anchor_corners)
     best_iou, best_gt, chunk_max, topk_iou, topk_gt = [], [], [], [], []
     k = min(topk, num_gt)
     for start in range(0, num_anchors, chunk):
-        piece = tuple(t[start : start + chunk] for t in anchor_corners)
+        piece = tuple(t[..., start : start + chunk] for t in anchor_corners)
         ious = _iou(gt, piece).masked_fill_(padding, -1.0)  # (B, M, c)
         value, index = ious.max(dim=1)
         best_iou.append(value)
@@ -130,14 +133,17 @@ def gt_best_anchors(
     Ties are all returned, ordered by image, GT, then anchor. Only the chunks whose
     maximum equals the GT's best IoU are recomputed.
     """
-    num_anchors = anchors.shape[0]
+    num_anchors = anchors.shape[-2]
     flagged = (summary.chunk_max == summary.gt_best_iou[..., None]) & eligible[..., None]
     image, gt, chunk_index = flagged.nonzero(as_tuple=True)
     offsets = torch.arange(summary.chunk, device=anchors.device)
     anchor_index = chunk_index[:, None] * summary.chunk + offsets  # (F, chunk)
     in_range = anchor_index < num_anchors
     anchor_index = anchor_index.clamp(max=num_anchors - 1)
-    ious = aligned_anchor_iou(gt_boxes[image, gt][:, None, :], anchors[anchor_index])
+    candidates = (
+        anchors[image[:, None], anchor_index] if anchors.dim() == 3 else anchors[anchor_index]
+    )
+    ious = aligned_anchor_iou(gt_boxes[image, gt][:, None, :], candidates)
     tie = (ious == summary.gt_best_iou[image, gt][:, None]) & in_range
     row, column = tie.nonzero(as_tuple=True)
     return image[row], gt[row], anchor_index[row, column]

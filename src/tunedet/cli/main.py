@@ -82,10 +82,15 @@ def _model_from_checkpoint(cfg, checkpoint: str):
 
 
 def _print_evaluation(
-    report: dict, args: argparse.Namespace, coco_stats: dict | None, per_class: tuple = ()
+    report: dict,
+    args: argparse.Namespace,
+    coco_stats: dict | None,
+    per_class: tuple = (),
+    segm_stats: dict | None = None,
 ) -> None:
     """Print an evaluation (JSON, or tables: COCO stats and `per_class` = (AP, AP50) by class
-    when `coco_stats` is given, then the operating-point metrics) and write --out files."""
+    when `coco_stats` is given, a mask detector's `segm_stats`, then the operating-point
+    metrics) and write --out files."""
     from tunedet.evaluation import (
         format_coco_table,
         format_detection_metrics,
@@ -103,6 +108,10 @@ def _print_evaluation(
             print(format_coco_table(coco_stats))
             print()
             print(format_per_class_ap(*per_class))
+            if segm_stats is not None:
+                print()
+                print("masks (segm):")
+                print(format_coco_table(segm_stats))
         else:
             rest = {k: v for k, v in report.items() if k not in ("detection", "counts")}
             print(json.dumps(to_json_ready(rest), indent=2))
@@ -116,7 +125,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tunedet.data.build import build_dataset
     from tunedet.engine.trainer import evaluate_results, predict_dataset
     from tunedet.evaluation import detection_metrics
-    from tunedet.evaluation.coco import per_class_ap_from_eval, run_coco_eval, stats_from_eval
+    from tunedet.evaluation.coco import (
+        coco_evaluate,
+        per_class_ap_from_eval,
+        run_coco_eval,
+        stats_from_eval,
+    )
 
     cfg = _load(args.config, args.overrides)
     if args.voc_dir:
@@ -143,9 +157,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         coco_stats = stats_from_eval(evaluator)
     else:
         report, coco_stats = dict(evaluate_results(gt, results, cfg.eval.metric)), None
+    segm_stats = None
+    if getattr(model, "needs_masks", False):  # a mask detector: COCO's mask stats too
+        segm_stats = coco_evaluate(gt, results, iou_type="segm")
+        report.update({f"segm_{name}": value for name, value in segm_stats.items()})
     report["detection"] = detection_metrics(gt, results, args.score_thr, args.recall)
     per_class = (report.get("per_class_ap", {}), report.get("per_class_ap50", {}))
-    _print_evaluation(report, args, coco_stats, per_class)
+    _print_evaluation(report, args, coco_stats, per_class, segm_stats)
     return 0
 
 

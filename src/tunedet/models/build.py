@@ -19,6 +19,9 @@ COMPONENTS = (
     "neck",
     "anchor_generator",
     "head",
+    "rpn",
+    "roi_head",
+    "mask_head",
     "assigner",
     "sampler",
     "box_coder",
@@ -33,15 +36,16 @@ def build_detector(spec: dict[str, Any] | Any) -> nn.Module:
 
     The neck gets ``in_channels``/``in_strides`` from the backbone; the head gets
     ``in_channels`` from the neck, ``num_classes`` and ``num_anchors`` (anchors per
-    location). Components a detector does not use are simply absent from ``spec``; those
-    it declares in ``default_components`` may be left out. Combinations of parts that
-    cannot train together raise ValueError naming the config keys (``_check_combination``).
+    location); a two-stage detector's ``rpn``, ``roi_head`` and ``mask_head`` get the
+    neck's ``in_channels`` and ``strides`` (and ``num_classes``). Components a detector does not use are simply absent from
+    ``spec``; those it declares in ``default_components`` may be left out. A component
+    with component slots of its own (``rpn.assigner``, ``roi_head.sampler``) has them
+    built first, the same way (``_build_component``). Combinations of parts that cannot
+    train together raise ValueError naming the config keys (``_check_combination``).
     """
     params = spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
     detector_class = REGISTRIES["detector"].get(params["type"]).target
-    for kind, default in getattr(detector_class, "default_components", {}).items():
-        if params.get(kind) is None:
-            params[kind] = default
+    _fill_defaults(detector_class, params)
     num_classes = params["num_classes"]
     parts: dict[str, Any] = {}
     names: dict[str, str] = {"detector": params["type"]}
@@ -50,47 +54,90 @@ def build_detector(spec: dict[str, Any] | Any) -> nn.Module:
         if sub_spec is None:
             continue
         names[kind] = sub_spec["type"]
-        parts[kind] = build(kind, sub_spec, num_classes=num_classes, **_injected_for(kind, parts))
+        injected = _injected_for(kind, parts)
+        parts[kind] = _build_component(kind, sub_spec, num_classes, injected, f"model.{kind}")
         if kind == "anchor_generator":
-            _check_strides(parts)
+            _check_strides(parts["anchor_generator"], parts, "model.anchor_generator")
     _check_combination(detector_class, parts, names)
     return build("detector", params, **parts)
+
+
+def _fill_defaults(owner: type, params: dict[str, Any]) -> None:
+    for kind, default in getattr(owner, "default_components", {}).items():
+        if params.get(kind) is None:
+            params[kind] = default
+
+
+def _build_component(
+    kind: str, spec: dict[str, Any], num_classes: int, injected: dict[str, Any], key: str
+) -> Any:
+    """Build one component; its own component slots (registry kinds among its injected
+    arguments, e.g. an rpn's ``assigner``) first, recursively, then checked together as
+    ``_check_combination`` checks a detector's parts (``key``: its config path)."""
+    params = dict(spec)
+    entry = REGISTRIES[kind].get(params["type"])
+    slots = [arg for arg in entry.injected if arg in REGISTRIES]
+    if not slots:
+        return build(kind, params, num_classes=num_classes, **injected)
+    _fill_defaults(entry.target, params)
+    parts: dict[str, Any] = {}
+    names: dict[str, str] = {"detector": f"{key} ({params['type']})"}
+    for slot in slots:
+        sub_spec = params.pop(slot, None)
+        if sub_spec is None:
+            continue
+        names[slot] = sub_spec["type"]
+        parts[slot] = _build_component(slot, sub_spec, num_classes, {}, f"{key}.{slot}")
+    if "anchor_generator" in parts:
+        _check_strides(parts["anchor_generator"], injected, f"{key}.anchor_generator")
+    _check_combination(entry.target, parts, names, prefix=f"{key}.")
+    return build(kind, params, num_classes=num_classes, **injected, **parts)
 
 
 def _injected_for(kind: str, parts: dict[str, Any]) -> dict[str, Any]:
     if kind == "neck":
         backbone = parts["backbone"]
         return {"in_channels": backbone.out_channels, "in_strides": backbone.strides}
+    feature_source = parts.get("neck", parts.get("backbone"))
     if kind == "head":
-        feature_source = parts.get("neck", parts.get("backbone"))
         injected = {"in_channels": feature_source.out_channels}
         if hasattr(feature_source, "strides"):  # heads with per-level parts (fcos scales)
             injected["strides"] = tuple(feature_source.strides)
         if "anchor_generator" in parts:
             injected["num_anchors"] = parts["anchor_generator"].num_anchors_per_location
         return injected
+    if kind in ("rpn", "roi_head", "mask_head"):
+        return {"in_channels": feature_source.out_channels, "strides": list(feature_source.strides)}
     return {}
 
 
-def _check_strides(parts: dict[str, Any]) -> None:
-    """The anchor grid must sit on the feature maps the head sees."""
-    source = "neck" if "neck" in parts else "backbone"
-    anchor_strides = tuple(parts["anchor_generator"].strides)
-    feature_strides = tuple(parts[source].strides)
+def _check_strides(anchor_generator: Any, features: dict[str, Any], key: str) -> None:
+    """The anchor grid must sit on the feature maps the head sees (``features``: the
+    detector's parts, or an rpn's injected ``strides``)."""
+    if "strides" in features:
+        source, feature_strides = "neck", tuple(features["strides"])
+    else:
+        source = "neck" if "neck" in features else "backbone"
+        feature_strides = tuple(features[source].strides)
+    anchor_strides = tuple(anchor_generator.strides)
     if anchor_strides != feature_strides:
         raise ValueError(
-            f"anchor_generator strides {anchor_strides} differ from the {source}'s "
+            f"{key} strides {anchor_strides} differ from the {source}'s "
             f"output strides {feature_strides}"
         )
 
 
-def _check_combination(detector_class: type, parts: dict[str, Any], names: dict[str, str]) -> None:
+def _check_combination(
+    detector_class: type, parts: dict[str, Any], names: dict[str, str], prefix: str = "model."
+) -> None:
     """Reject parts that build but cannot train together, in one line naming the keys.
 
-    The detector class declares what it offers (``passes_predictions_to_assigner``,
-    ``passes_loss_to_sampler``, ``two_stage``, ``background_logit``); the parts declare
-    what they need (``needs_predictions``, ``needs_loss``, ``add_gt_as_proposals``,
-    ``needs_background_logit``, …).
+    The detector class (or, for nested slots, the component that owns them: an rpn, a
+    roi_head; ``prefix`` is its config path) declares what it offers
+    (``passes_predictions_to_assigner``, ``passes_loss_to_sampler``, ``two_stage``,
+    ``background_logit``, ``passes_per_image_boxes``); the parts declare what they need
+    (``needs_predictions``, ``needs_loss``, ``add_gt_as_proposals``,
+    ``needs_background_logit``, ``per_image_anchors``, …).
     """
     detector = names["detector"]
     assigner, sampler = parts.get("assigner"), parts.get("sampler")
@@ -99,46 +146,56 @@ def _check_combination(detector_class: type, parts: dict[str, Any], names: dict[
         detector_class, "passes_predictions_to_assigner", False
     ):
         raise ValueError(
-            f"model.assigner: {names['assigner']} matches predictions to GTs, but {detector} "
+            f"{prefix}assigner: {names['assigner']} matches predictions to GTs, but {detector} "
             "does not pass its predictions to the assigner"
+        )
+    if (
+        assigner is not None
+        and getattr(detector_class, "passes_per_image_boxes", False)
+        and not getattr(assigner, "per_image_anchors", False)
+    ):
+        raise ValueError(
+            f"{prefix}assigner: {names['assigner']} assigns one anchor set shared by the "
+            f"batch, but {detector} matches each image's own proposals (use max_iou)"
         )
     if getattr(sampler, "needs_loss", False) and not getattr(
         detector_class, "passes_loss_to_sampler", False
     ):
         raise ValueError(
-            f"model.sampler: {names['sampler']} ranks anchors by their loss, but {detector} "
+            f"{prefix}sampler: {names['sampler']} ranks anchors by their loss, but {detector} "
             "does not pass the loss to the sampler"
         )
     if getattr(sampler, "add_gt_as_proposals", False) and not getattr(
         detector_class, "two_stage", False
     ):
         raise ValueError(
-            f"model.sampler.add_gt_as_proposals: true needs a two-stage detector; {detector} "
-            "has no proposals to add the GT boxes to (set it to false)"
+            f"{prefix}sampler.add_gt_as_proposals: true needs a two-stage detector's "
+            f"proposals (its roi_head); {detector} has no proposals to add the GT boxes to "
+            "(set it to false)"
         )
     if getattr(cls_loss, "needs_background_logit", False) and not getattr(
         detector_class, "background_logit", False
     ):
         raise ValueError(
-            f"model.cls_loss: {names['cls_loss']} needs a background logit; {detector}'s "
+            f"{prefix}cls_loss: {names['cls_loss']} needs a background logit; {detector}'s "
             "head has sigmoid logits without one, so background anchors would get no loss "
             "(use focal or bce)"
         )
     if names.get("box_coder") == "yolo" and not getattr(detector_class, "passes_strides", False):
         raise ValueError(
-            f"model.box_coder: yolo needs each anchor's stride, which {detector} does not "
+            f"{prefix}box_coder: yolo needs each anchor's stride, which {detector} does not "
             "pass (use delta or distance)"
         )
     if anchors is None:
         return
     if names.get("assigner") == "grid" and getattr(anchors, "center_offset", 0.5) != 0.5:
         raise ValueError(
-            "model.assigner: grid reads each cell from the anchors centred in it, but "
-            f"model.anchor_generator.center_offset is {anchors.center_offset}, not 0.5"
+            f"{prefix}assigner: grid reads each cell from the anchors centred in it, but "
+            f"{prefix}anchor_generator.center_offset is {anchors.center_offset}, not 0.5"
         )
     levels = getattr(assigner, "num_levels", None)
     if levels is not None and levels != len(anchors.strides):
         raise ValueError(
-            f"model.assigner.scale_ranges: {levels + 1} boundaries give {levels} levels, "
-            f"but model.anchor_generator has {len(anchors.strides)} (strides {anchors.strides})"
+            f"{prefix}assigner.scale_ranges: {levels + 1} boundaries give {levels} levels, "
+            f"but {prefix}anchor_generator has {len(anchors.strides)} (strides {anchors.strides})"
         )

@@ -1,10 +1,13 @@
-"""Feature Pyramid Network (Lin et al. 2017) with RetinaNet's P6/P7.
+"""Feature Pyramid Network (Lin et al. 2017) with RetinaNet's P6/P7 or Faster R-CNN's P6.
 
 ``P_i = conv3x3(lateral1x1(C_i) + upsample(P_{i+1} before its 3×3))``, top-down
 with nearest upsampling to the lateral's exact size (odd input sizes work).
 Extra levels beyond the inputs are stride-2 3×3 convs: the first from C5
 (``extra_source="input"``) or P5 (``"output"``), the next ones from the level
 below, with a ReLU before them when ``relu_before_extra`` (RetinaNet's P7).
+``extra_type="maxpool"`` makes them ``max_pool2d(kernel 1, stride 2)`` of the level
+below instead, without weights: the FPN paper's P6 for the RPN (Detectron,
+torchvision's ``LastLevelMaxPool``).
 
 Weight init (``init``): ``xavier_uniform`` (mmdetection's), or ``kaiming_uniform``:
 ``kaiming_uniform_(a=1)``, i.e. ``U(±sqrt(3 / fan_in))``, torchvision's FPN and
@@ -37,6 +40,7 @@ class FPN(nn.Module):
         num_outs: Annotated[int, Field(ge=1)] = 5,
         extra_source: Literal["input", "output"] = "output",
         relu_before_extra: bool = True,
+        extra_type: Literal["conv", "maxpool"] = "conv",
         norm: NormKind = "none",
         init: Literal["xavier_uniform", "kaiming_uniform"] = "xavier_uniform",
     ):
@@ -50,11 +54,17 @@ class FPN(nn.Module):
             raise ValueError(
                 f"num_outs ({num_outs}) must be >= the number of input levels ({len(in_channels)})"
             )
+        if extra_type == "maxpool" and extra_source == "input":
+            raise ValueError(
+                "model.neck.extra_source: input needs extra_type: conv (a max-pooled level is "
+                "subsampled from the output level below it)"
+            )
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
         self.num_outs = num_outs
         self.extra_source = extra_source
         self.relu_before_extra = relu_before_extra
+        self.extra_type = extra_type
         num_extra = num_outs - len(in_channels)
         self.strides = list(in_strides) + [in_strides[-1] * 2 ** (k + 1) for k in range(num_extra)]
 
@@ -65,7 +75,7 @@ class FPN(nn.Module):
             ConvNormAct(out_channels, out_channels, 3, norm=norm, act="none") for _ in in_channels
         )
         self.extra_convs = nn.ModuleList()
-        for k in range(num_extra):
+        for k in range(num_extra if extra_type == "conv" else 0):
             source_channels = (
                 in_channels[-1] if k == 0 and extra_source == "input" else out_channels
             )
@@ -93,6 +103,10 @@ class FPN(nn.Module):
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
             )
         outs = [conv(x) for conv, x in zip(self.output_convs, laterals, strict=True)]
+        if self.extra_type == "maxpool":
+            for _ in range(self.num_outs - len(outs)):
+                outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+            return outs
         for k, conv in enumerate(self.extra_convs):
             if k == 0:
                 source = feats[-1] if self.extra_source == "input" else outs[-1]

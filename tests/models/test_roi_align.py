@@ -1,0 +1,146 @@
+"""MultiLevelRoIAlign against torchvision's MultiScaleRoIAlign and LevelMapper, and the
+sparse-matrix and grid_sample formulations of RoIAlign against torchvision.ops.roi_align."""
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops.poolers import LevelMapper
+
+from tunedet.models.heads.roi_align import (
+    MultiLevelRoIAlign,
+    fpn_levels,
+    roi_align_grid_sample,
+    roi_align_sparse,
+)
+
+STRIDES = [4, 8, 16, 32]
+
+
+def random_boxes(generator, num, height, width, dtype=torch.float32, margin=0.0):
+    """``num`` boxes of random size (4 px to the whole image) inside ``[margin, size - margin]``."""
+    size = torch.rand(num, 2, generator=generator, dtype=dtype)
+    size = 4 + size * (torch.tensor([width, height], dtype=dtype) - 4 - 2 * margin)
+    corner = torch.rand(num, 2, generator=generator, dtype=dtype)
+    corner = margin + corner * (torch.tensor([width, height], dtype=dtype) - 2 * margin - size)
+    return torch.cat([corner, corner + size], dim=1)
+
+
+def random_feats(generator, num_images, height, width, channels=5, dtype=torch.float32):
+    return [
+        torch.randn(num_images, channels, height // s, width // s, generator=generator, dtype=dtype)
+        for s in STRIDES
+    ]
+
+
+def test_fpn_levels_follow_equation_1_at_exact_boundaries():
+    # k = floor(4 + log2(sqrt(wh) / 224)), clamped to 2..5
+    sides = torch.tensor([224.0, 223.0, 112.0, 111.0, 448.0, 447.0, 56.0, 20.0, 2000.0])
+    boxes = torch.stack([torch.zeros_like(sides), torch.zeros_like(sides), sides, sides], dim=1)
+    assert fpn_levels(boxes, 4, 224, 2, 5).tolist() == [4, 3, 3, 2, 5, 4, 2, 2, 5]
+
+
+def test_fpn_levels_equal_torchvision_level_mapper_on_random_boxes():
+    g = torch.Generator().manual_seed(0)
+    boxes = random_boxes(g, 2000, 800, 1000)
+    mapper = LevelMapper(k_min=2, k_max=5, canonical_scale=224, canonical_level=4)
+    assert torch.equal(fpn_levels(boxes, 4, 224, 2, 5) - 2, mapper([boxes]))
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_multi_level_roi_align_equals_torchvision_multi_scale_roi_align(sampling_ratio):
+    g = torch.Generator().manual_seed(1)
+    num_images, height, width = 2, 128, 96
+    feats = random_feats(g, num_images, height, width)
+    boxes = [random_boxes(g, n, height, width) for n in (37, 23)]
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)]
+    )
+
+    # s0 = 32 spreads these boxes (4–128 px) over all four levels
+    ours = MultiLevelRoIAlign(7, sampling_ratio, STRIDES, canonical_scale=32)(feats, rois)
+    pooler = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, sampling_ratio, canonical_scale=32)
+    reference = pooler(
+        dict(zip(["p2", "p3", "p4", "p5"], feats, strict=True)), boxes, [(height, width)] * 2
+    )
+    assert ours.shape == (60, 5, 7, 7)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    # every level is used by these boxes, so the test covers the per-level scatter back
+    assert len(set(fpn_levels(rois[:, 1:], 4, 32, 2, 5).tolist())) == 4
+
+
+def forward_backward(fn, feature, rois, weights, sampling_ratio, aligned):
+    x = feature.clone().requires_grad_(True)
+    out = fn(x, rois, 7, 0.5, sampling_ratio, aligned)
+    (out * weights).sum().backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+def test_sparse_roi_align_equals_torchvision_roi_align_forward_and_backward(
+    aligned, sampling_ratio
+):
+    g = torch.Generator().manual_seed(4)
+    feature = torch.randn(3, 4, 20, 28, generator=g, dtype=torch.float64)
+    # anywhere, also partly or wholly outside the image, and under a pixel wide
+    corner = torch.rand(60, 2, generator=g, dtype=torch.float64) * 80 - 15
+    size = torch.rand(60, 2, generator=g, dtype=torch.float64) ** 2 * 50
+    boxes = torch.cat([corner, corner + size], 1)
+    image = torch.randint(0, 3, (60, 1), generator=g).to(torch.float64)
+    rois = torch.cat([image, boxes], 1)
+    weights = torch.randn(60, 4, 7, 7, generator=g, dtype=torch.float64)
+    expected = forward_backward(roi_align, feature, rois, weights, sampling_ratio, aligned)
+    result = forward_backward(roi_align_sparse, feature, rois, weights, sampling_ratio, aligned)
+    torch.testing.assert_close(result[0], expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(result[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+def test_grid_sample_roi_align_equals_torchvision_roi_align_forward_and_backward(
+    aligned, sampling_ratio
+):
+    g = torch.Generator().manual_seed(2)
+    num_images, height, width = 3, 20, 28
+    feature = torch.randn(num_images, 4, height, width, generator=g, dtype=torch.float64)
+    # boxes inside the image (so every sample point lies within one pixel of the map),
+    # and boxes under a feature pixel wide (roi_align clamps their size at 1 unless aligned)
+    corner = 5 + 10 * torch.rand(5, 2, generator=g, dtype=torch.float64)
+    tiny = torch.cat([corner, corner + 1.5 * torch.rand(5, 2, generator=g, dtype=torch.float64)], 1)
+    boxes = torch.cat([random_boxes(g, 40, height, width, torch.float64, margin=0.6), tiny])
+    image = torch.randint(0, num_images, (len(boxes), 1), generator=g).to(torch.float64)
+    rois = torch.cat([image, boxes], 1)
+    weights = torch.randn(len(rois), 4, 7, 7, generator=g, dtype=torch.float64)
+
+    results = []
+    for fn in (roi_align, roi_align_grid_sample):
+        x = feature.clone().requires_grad_(True)
+        out = fn(x, rois, 7, 0.5, sampling_ratio, aligned)
+        (out * weights).sum().backward()
+        results.append((out.detach(), x.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["sparse", "grid_sample"])
+def test_multi_level_roi_align_impls_equal_the_torchvision_impl(impl):
+    g = torch.Generator().manual_seed(3)
+    feats = random_feats(g, 2, 128, 128, dtype=torch.float64)
+    boxes = random_boxes(g, 50, 128, 128, torch.float64, margin=2.0)
+    rois = torch.cat([torch.randint(0, 2, (50, 1), generator=g).to(torch.float64), boxes], 1)
+    pooled = [
+        MultiLevelRoIAlign(7, 2, STRIDES, canonical_scale=32, aligned=True, impl=name)(feats, rois)
+        for name in ("torchvision", impl)
+    ]
+    torch.testing.assert_close(pooled[1], pooled[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["sparse", "grid_sample"])
+def test_impls_other_than_torchvision_reject_adaptive_sampling(impl):
+    with pytest.raises(ValueError, match=f"{impl} needs sampling_ratio >= 1"):
+        MultiLevelRoIAlign(7, 0, STRIDES, impl=impl)
+
+
+def test_multi_level_roi_align_rejects_strides_that_are_not_consecutive_levels():
+    with pytest.raises(ValueError, match="consecutive powers of two"):
+        MultiLevelRoIAlign(7, 2, [4, 16])
