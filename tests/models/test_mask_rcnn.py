@@ -150,3 +150,27 @@ def test_mask_rcnn_demo_overfits_eight_synthetic_images():
     )
     assert box["AP50"] >= 0.9
     assert segm["AP50"] >= 0.8
+
+
+def test_cli_eval_of_a_mask_rcnn_checkpoint_reports_box_and_mask_stats(tmp_path, capsys):
+    import json
+
+    small = [
+        "data.train.num_images=4",
+        "data.train.image_size=64",
+        "data.val.num_images=4",
+        "data.val.image_size=64",
+        "threads=1",
+    ]
+    run = ["train.max_iters=2", "train.eval_every=0", "train.ckpt_every=2", "train.progress=false"]
+    assert cli_main(["train", "mask_rcnn/demo", *small, *run, "--work-dir", str(tmp_path)]) == 0
+    checkpoint = sorted((tmp_path / "checkpoints").glob("*.pt"))[-1]
+    capsys.readouterr()
+    code = cli_main(["eval", "mask_rcnn/demo", *small, "--checkpoint", str(checkpoint), "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    segm = {k for k in report if k.startswith("segm_")}
+    assert segm == {f"segm_{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} | {
+        f"segm_{k}" for k in ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+    }
+    assert all(-1.0 <= report[k] <= 1.0 for k in segm) and "AP" in report
