@@ -150,6 +150,22 @@ def test_analyze_anchors_writes_png_and_fragment(tmp_path: Path, tiny_demo):
     assert "base_sizes" in (tmp_path / "anchors.yaml").read_text()
 
 
+def test_analyze_anchors_of_a_two_stage_detector_fits_its_rpn_anchors(tmp_path: Path):
+    from tunedet.config.loader import load_config
+    from tunedet.models import build_detector
+
+    small = ["data.train.num_images=16", "data.train.image_size=64", "threads=1"]
+    text = run_cli("analyze", "anchors", "faster_rcnn/demo", *small, "--out", str(tmp_path))
+    assert "proposed" in text
+    fragment = (tmp_path / "anchors.yaml").read_text()
+    base = Path(__file__).resolve().parents[2] / "src/tunedet/configs/faster_rcnn/demo.yaml"
+    (tmp_path / "fitted.yaml").write_text(f"_base_: {base}\n" + fragment)
+    cfg = load_config(tmp_path / "fitted.yaml")
+    proposed = cfg.model.rpn.anchor_generator.base_sizes
+    assert proposed is not None and len(proposed) == 5  # one per RPN level, under model.rpn
+    assert build_detector(cfg.model).rpn.anchor_generator.base_sizes == tuple(proposed)
+
+
 # --------------------------------------------------------------------- assign
 
 

@@ -170,8 +170,9 @@ def analyze_anchors(
     return out
 
 
-def config_fragment(report: dict[str, Any], source: str) -> str:
-    """YAML text of ``model.anchor_generator`` with the proposed sizes, numbers in comments."""
+def config_fragment(report: dict[str, Any], source: str, section: tuple[str, ...] = ()) -> str:
+    """YAML text of ``model.[section.]anchor_generator`` with the proposed sizes, numbers in
+    comments (``section=("rpn",)`` for a two-stage detector's RPN anchors)."""
     cur, new = report["current"], report["proposed"]
     header = (
         f"# Anchors proposed by `tunedet analyze anchors` for {source}\n"
@@ -182,14 +183,11 @@ def config_fragment(report: dict[str, Any], source: str) -> str:
         f"proposed {new['recall']:.3f}\n"
         "# Use: `_base_: <your config>` followed by this fragment.\n"
     )
-    body = {
-        "model": {
-            "anchor_generator": {
-                "base_sizes": new["base_sizes"],
-                "ratios": new["ratios"],
-            }
-        }
+    body: dict[str, Any] = {
+        "anchor_generator": {"base_sizes": new["base_sizes"], "ratios": new["ratios"]}
     }
+    for key in reversed(("model", *section)):
+        body = {key: body}
     return header + yaml.safe_dump(body, default_flow_style=None, sort_keys=False)
 
 
@@ -241,7 +239,10 @@ def run(args: argparse.Namespace) -> int:
     from tunedet.models import build_detector
 
     cfg = load_config(args.config, args.overrides)
-    generator = build_detector(cfg.model.model_dump()).anchor_generator
+    model = build_detector(cfg.model.model_dump())
+    # a two-stage detector's anchors are its RPN's (model.rpn.anchor_generator)
+    section = ("rpn",) if hasattr(model, "rpn") else ()
+    generator = model.rpn.anchor_generator if section else model.anchor_generator
     wh = dataset_box_sizes(cfg, args.split, args.max_images)
     report = analyze_anchors(wh, generator, k=args.k, trim=args.trim)
     out_dir = Path(args.out)
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {png}")
     if "proposed" in report:
         fragment = out_dir / "anchors.yaml"
-        fragment.write_text(config_fragment(report, args.config))
+        fragment.write_text(config_fragment(report, args.config, section))
         print(f"wrote {fragment}")
     return 0
 

@@ -135,6 +135,12 @@ def plot_assignment(
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     model, device = build_model(cfg)
+    if not hasattr(model, "anchor_generator"):
+        raise ValueError(
+            f"analyze assign draws a dense detector's assigned anchors; model.type "
+            f"{cfg.model.type} assigns proposals in two stages (use analyze anchors for its "
+            "RPN anchors)"
+        )
     dataset = split_dataset(cfg, args.split)
     images, gts, positives, scales = [], [], [], []
     for batch, indices in model_samples(
