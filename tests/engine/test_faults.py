@@ -154,6 +154,8 @@ def test_ctrl_c_in_process_saves_a_checkpoint_and_raises_training_interrupted(
         return step(self, loader)
 
     monkeypatch.setattr(Trainer, "_step", step_then_ctrl_c)
+    # default_int_handler normally; SIG_IGN when pytest runs as a background job
+    handler_before = signal.getsignal(signal.SIGINT)
     cfg = load_config("retinanet/demo", [*tiny_demo, *RUN, "train.ckpt_every=0"])
     trainer = Trainer(cfg, tmp_path, log=quiet)
     with pytest.raises(TrainingInterrupted) as stop:
@@ -162,7 +164,7 @@ def test_ctrl_c_in_process_saves_a_checkpoint_and_raises_training_interrupted(
     assert "SIGINT at iteration 3" in str(stop.value)
     assert load_checkpoint(tmp_path / "checkpoints" / "iter_0000003.pt")["iteration"] == 3
     # the handlers are restored afterwards
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 def test_second_signal_of_the_same_kind_stops_at_once():
