@@ -1,12 +1,11 @@
-"""RoIAlign forward + backward: torchvision.ops.roi_align vs the sparse-matrix and
-grid_sample formulations.
+"""RoIAlign forward + backward: torchvision.ops.roi_align vs the sparse-matrix formulation.
 
     python benchmarks/bench_roi_align.py [--repeats 5] [--threads 1 2] [--rois 512]
 
 The R-CNN stage's pooling at Faster R-CNN-FPN training sizes: 4 images of 320 px, P2–P5
 (80², 40², 20², 10²) of 256 channels, ``--rois`` RoIs per image (side log-uniform in
 16–320 px, inside the image), 7 × 7 bins, sampling ratio 2, levels by k0 = 4, s0 = 224
-(``MultiLevelRoIAlign`` with ``impl`` torchvision, sparse or grid_sample). One step = forward,
+(``MultiLevelRoIAlign`` with ``impl`` torchvision or sparse). One step = forward,
 then backward of a random linear function of the output into the features. Both
 results are checked equal before timing; the implementations are timed in turns.
 """
@@ -52,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     feats, rois, weights = inputs(4, args.size, args.rois)
     poolers = {
-        impl: MultiLevelRoIAlign(7, 2, STRIDES, impl=impl)
-        for impl in ("torchvision", "sparse", "grid_sample")
+        impl: MultiLevelRoIAlign(7, 2, STRIDES, impl=impl) for impl in ("torchvision", "sparse")
     }
     reference, *candidates = (step(p, feats, rois, weights) for p in poolers.values())
     for candidate in candidates:

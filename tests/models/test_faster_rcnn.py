@@ -357,8 +357,8 @@ def test_config_errors_in_the_two_stage_sections_name_the_key(override, message)
         ("roi_head", {"roi_max_level": 7}, r"roi_head\.roi_min_level/roi_max_level: levels 2–7"),
         (
             "roi_head",
-            {"roi_align_impl": "grid_sample", "sampling_ratio": 0},
-            r"model\.roi_head\.roi_align_impl: grid_sample needs sampling_ratio >= 1",
+            {"roi_align_impl": "sparse", "sampling_ratio": 0},
+            r"model\.roi_head\.roi_align_impl: sparse needs sampling_ratio >= 1",
         ),
     ],
 )

@@ -6,19 +6,20 @@ canonical_scale`` (224): a 224² box pools from P4, a 112² box from P3. torchvi
 ``LevelMapper`` adds the 1e-6 after the log; both agree except within 1e-6 of a level
 boundary.
 
-Three implementations of the same bilinear pooling (``impl``), measured forward +
+Two implementations of the same bilinear pooling (``impl``), measured forward +
 backward at Faster R-CNN training sizes on CPU (``benchmarks/bench_roi_align.py``):
 
 - ``torchvision``: ``torchvision.ops.roi_align`` per level;
 - ``sparse``: RoIAlign as a sparse (bins × pixels) matrix of bilinear weights, applied
   with sparse × dense products forward and, transposed, backward (``roi_align_matrix``):
   the same values by torchvision's rules, 2.5× torchvision's speed on 1 thread, 1.1× on
-  2 (torchvision's backward is a serial scatter); needs a fixed ``sampling_ratio ≥ 1``;
-- ``grid_sample``: the ``(S·r) × (S·r)`` bilinear sample points of every RoI (``S =
-  output_size``, ``r = sampling_ratio``) read with ``torch.nn.functional.grid_sample``,
-  then ``r × r`` average pooling. It equals ``roi_align`` wherever the sample points lie
-  within one pixel of the feature map (roi_align reads 0 further out, this reads the
-  border), and needs a fixed ``sampling_ratio ≥ 1``; 0.55–0.6× torchvision's speed.
+  2 (torchvision's backward is a serial scatter); needs a fixed ``sampling_ratio ≥ 1``.
+
+``auto`` (default) takes ``sparse`` for features on the CPU with ``sampling_ratio ≥ 1``
+(a whole Faster R-CNN-R18-FPN training step: 1.60× torchvision's FasterRCNN with it,
+1.05× without; docs/PERFORMANCE.md) and ``torchvision`` otherwise (CUDA, adaptive
+sampling). A formulation through ``F.grid_sample`` was measured too, at 0.55–0.65×
+torchvision's speed, and dropped.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import warnings
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-RoIAlignImpl = Literal["torchvision", "sparse", "grid_sample"]
+RoIAlignImpl = Literal["auto", "torchvision", "sparse"]
 
 
 def fpn_levels(
@@ -143,60 +143,6 @@ def roi_align_sparse(
     return _SparseRoIAlign.apply(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
-def roi_align_grid_sample(
-    feature: Tensor,
-    rois: Tensor,
-    output_size: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    """``torchvision.ops.roi_align`` through ``F.grid_sample``: feature (B, C, H, W), rois
-    (P, 5) [batch_index, x1, y1, x2, y2] in image pixels → (P, C, S, S).
-
-    Sample ``j`` of ``n = S·r`` along x sits at ``x1' + (j + 0.5) · w' / n`` (``x1' =
-    x1·scale − 0.5·aligned``, ``w'`` the scaled width, at least 1 unless ``aligned``), as in
-    roi_align; RoIs are grouped per image into a padded ``(B, L·n, n)`` sampling grid.
-    """
-    num_images, _, height, width = feature.shape
-    n = output_size * sampling_ratio
-    image = rois[:, 0].long()
-    counts = torch.bincount(image, minlength=num_images)
-    order = image.argsort(stable=True)
-    first = counts.cumsum(0) - counts
-    slot = torch.empty_like(image)
-    slot[order] = torch.arange(len(image), device=image.device) - first[image[order]]
-    per_image = max(int(counts.max()), 1) if len(image) else 1
-
-    start = rois[:, 1:3] * spatial_scale - (0.5 if aligned else 0.0)  # (P, 2) x, y
-    size = (rois[:, 3:5] - rois[:, 1:3]) * spatial_scale
-    if not aligned:
-        size = size.clamp(min=1.0)
-    steps = (torch.arange(n, device=rois.device, dtype=rois.dtype) + 0.5) / n
-    points = start[:, None, :] + steps[None, :, None] * size[:, None, :]  # (P, n, 2) pixels
-    # pixel coordinate p ↦ normalised (2p + 1) / extent − 1 (align_corners=False)
-    extent = points.new_tensor([width, height])
-    points = (2 * points + 1) / extent - 1
-    grid = torch.stack(
-        (
-            points[:, None, :, 0].expand(-1, n, n),  # x varies along columns
-            points[:, :, None, 1].expand(-1, n, n),  # y along rows
-        ),
-        dim=-1,
-    )  # (P, n, n, 2)
-    padded = grid.new_zeros(num_images, per_image, n, n, 2)
-    padded[image, slot] = grid.to(padded.dtype)
-    samples = F.grid_sample(
-        feature,
-        padded.view(num_images, per_image * n, n, 2).to(feature.dtype),
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    )  # (B, C, L·n, n)
-    samples = samples.view(num_images, -1, per_image, n, n)[image, :, slot]  # (P, C, n, n)
-    return F.avg_pool2d(samples, sampling_ratio) if sampling_ratio > 1 else samples
-
-
 class MultiLevelRoIAlign(nn.Module):
     """RoIAlign from the FPN level of each RoI's size: ``(feats, rois) -> (P, C, S, S)``.
 
@@ -215,7 +161,7 @@ class MultiLevelRoIAlign(nn.Module):
         canonical_level: int = 4,
         canonical_scale: float = 224.0,
         aligned: bool = False,
-        impl: RoIAlignImpl = "torchvision",
+        impl: RoIAlignImpl = "auto",
     ):
         super().__init__()
         levels = [math.log2(s) for s in strides]
@@ -225,7 +171,7 @@ class MultiLevelRoIAlign(nn.Module):
             or levels != list(range(round(levels[0]), round(levels[0]) + len(levels)))
         ):
             raise ValueError(f"RoIAlign strides must be consecutive powers of two, got {strides}")
-        if impl != "torchvision" and sampling_ratio < 1:
+        if impl == "sparse" and sampling_ratio < 1:
             raise ValueError(
                 f"roi_align_impl {impl} needs sampling_ratio >= 1, got {sampling_ratio} "
                 "(adaptive sampling is torchvision's only)"
@@ -260,13 +206,16 @@ class MultiLevelRoIAlign(nn.Module):
                 continue
             feature = feature.to(rois.dtype)  # boxes keep full precision under AMP
             args = (rois[index], size, 1.0 / stride, self.sampling_ratio, self.aligned)
-            if self.impl == "sparse":
+            if self._sparse(feature):
                 out[index] = roi_align_sparse(feature, *args)
-            elif self.impl == "grid_sample":
-                out[index] = roi_align_grid_sample(feature, *args)
             else:
                 out[index] = roi_align(feature, *args)
         return out
+
+    def _sparse(self, feature: Tensor) -> bool:
+        if self.impl == "auto":
+            return feature.device.type == "cpu" and self.sampling_ratio >= 1
+        return self.impl == "sparse"
 
     def extra_repr(self) -> str:
         return (

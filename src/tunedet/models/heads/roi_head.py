@@ -73,7 +73,7 @@ class StandardRoIHead(nn.Module):
     RoIs pool from levels ``roi_min_level``–``roi_max_level`` (P2–P5) with ``k0 =
     canonical_level``, ``s0 = canonical_scale``; ``pooler_resolution`` × itself bins,
     ``sampling_ratio`` points per bin side (0: adaptive), ``aligned`` half-pixel shift,
-    ``roi_align_impl`` as in ``roi_align.py`` (torchvision's is faster on CPU). ``bg_iou_lo``: proposals whose best IoU is
+    ``roi_align_impl`` as in ``roi_align.py`` (``auto``: the sparse form on CPU). ``bg_iou_lo``: proposals whose best IoU is
     below it are not used as background (Detectron's BG_THRESH_LO). Samplers that rank by
     loss (``ohem``) see each candidate RoI's loss from a gradient-free pass of the head
     over all of them. Prediction: softmax scores (sigmoid with a sigmoid ``cls_loss``),
@@ -123,7 +123,7 @@ class StandardRoIHead(nn.Module):
         canonical_scale: Annotated[float, Field(gt=0)] = 224.0,
         roi_min_level: Annotated[int, Field(ge=0)] = 2,
         roi_max_level: Annotated[int, Field(ge=0)] = 5,
-        roi_align_impl: RoIAlignImpl = "torchvision",
+        roi_align_impl: RoIAlignImpl = "auto",
         mlp_dim: Annotated[int, Field(ge=1)] = 1024,
         class_agnostic: bool = False,
         bg_iou_lo: Fraction = 0.0,
@@ -140,9 +140,9 @@ class StandardRoIHead(nn.Module):
                 f"{roi_max_level} need feature maps of strides {wanted}, the neck gives "
                 f"{list(strides)}"
             )
-        if roi_align_impl == "grid_sample" and sampling_ratio < 1:
+        if roi_align_impl == "sparse" and sampling_ratio < 1:
             raise ValueError(
-                "model.roi_head.roi_align_impl: grid_sample needs sampling_ratio >= 1 "
+                "model.roi_head.roi_align_impl: sparse needs sampling_ratio >= 1 "
                 f"(model.roi_head.sampling_ratio is {sampling_ratio}; adaptive sampling, 0, "
                 "is torchvision's only)"
             )

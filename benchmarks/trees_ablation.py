@@ -1,0 +1,150 @@
+"""What moves the trees recipe's number (issue #12): its parts toggled one at a time.
+
+The baseline is ``trees/patches_fast`` trained for a fixed number of iterations on the
+training patches of ``benchmarks/trees_vs_yolo.py`` and scored by the COCO evaluator on
+its held-out 400-px patches. Each row changes one part of the baseline alone (the
+machinery of ``tunedet ablate``, ``tunedet.tuning.ablation``):
+
+- ``no_tiling``: whole 400-px patches instead of 256-px tiles (overlap 0.5);
+- ``no_vflip``: no vertical flips (horizontal flips kept);
+- ``atss``: max-IoU assigner (0.5 / 0.4) instead of ATSS (built-in trick);
+- ``giou``: smooth L1 on deltas (weight 1) instead of GIoU (weight 2) (built-in trick);
+- ``warmup``: no linear warmup (built-in trick);
+- ``fitted_anchors``: the grid's per-level base sizes and ratio replaced by the proposal
+  of ``tunedet analyze anchors`` (k-means on the training tiles' boxes, 1 - IoU); left
+  out when the recipe's anchors already are that proposal.
+
+Prints the anchor fit, then one Markdown table (AP, AP50, Δ against the baseline; mean ±
+std over the seeds); writes ``OUT/ablation.md``, ``OUT/ablation.json``, ``OUT/ablation.png``.
+
+    python benchmarks/trees_ablation.py --iters 600 --seeds 0 --threads 1 \\
+        [--patches DIR]  # DIR/train, DIR/heldout as written by trees_vs_yolo.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from tunedet.analysis.anchors import analyze_anchors, dataset_box_sizes
+from tunedet.config.loader import load_config
+from tunedet.models import build_detector
+from tunedet.tuning.ablation import (
+    Trick,
+    format_table,
+    plan_runs,
+    plot_ablation,
+    resolve_tricks,
+    run_all,
+    summarize,
+)
+
+RECIPE = "trees/patches_fast"
+
+
+def patch_folder(patches: str | None) -> Path:
+    """``patches`` (a folder with train/ and heldout/), or freshly written ones."""
+    if patches:
+        folder = Path(patches)
+        for split in ("train", "heldout"):
+            if not (folder / split).is_dir():
+                raise ValueError(f"--patches {folder}: no {split}/ folder of VOC patches")
+        return folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trees_vs_yolo import make_patches
+
+    folder = Path(tempfile.mkdtemp(prefix="trees_patches_"))
+    print(f"patches in {folder}: {make_patches(folder)}", flush=True)
+    return folder
+
+
+def fitted_anchor_trick(cfg) -> Trick | None:
+    """The anchor proposal for the training tiles' boxes, or None when the recipe has it."""
+    generator = build_detector(cfg.model.model_dump()).anchor_generator
+    report = analyze_anchors(dataset_box_sizes(cfg, "train"), generator)
+    current, proposed = report["current"], report["proposed"]
+    print(
+        f"anchors on {report['num_boxes']} training boxes: mean best IoU "
+        f"{current['mean_best_iou']:.3f} -> {proposed['mean_best_iou']:.3f}, recall@0.5 "
+        f"{current['recall']:.3f} -> {proposed['recall']:.3f}; recipe base sizes "
+        f"{list(generator.base_sizes)} ratios {list(generator.ratios)} -> proposed "
+        f"{proposed['base_sizes']} ratios {proposed['ratios']}",
+        flush=True,
+    )
+    same = (
+        list(generator.base_sizes) == proposed["base_sizes"]
+        and list(generator.ratios) == proposed["ratios"]
+    )
+    if same:
+        return None
+    return Trick(
+        "fitted_anchors",
+        (
+            f"model.anchor_generator.base_sizes={json.dumps(proposed['base_sizes'])}",
+            f"model.anchor_generator.ratios={json.dumps(proposed['ratios'])}",
+        ),
+        "+fitted anchors",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iters", type=int, default=600)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--patches", default=None, help="folder with train/, heldout/")
+    parser.add_argument("--out", default="runs/ablate/trees_patches_fast")
+    args = parser.parse_args()
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    patches = patch_folder(args.patches)
+    base = [
+        f"data.train.root={patches / 'train'}",
+        f"data.val={{type: voc, root: {patches / 'heldout'}}}",
+    ]
+    baseline = load_config(RECIPE, base)
+    transforms = [t.model_dump() for t in baseline.data.train_transforms]
+    if baseline.data.train.tile_size is None or not any(t["type"] == "vflip" for t in transforms):
+        raise SystemExit(f"{RECIPE} no longer tiles or vflips: update this ablation")
+    tricks = [
+        Trick("no_tiling", ("data.train.tile_size=null",), "-tiling"),
+        Trick(
+            "no_vflip",
+            (
+                f"data.train_transforms={json.dumps([t for t in transforms if t['type'] != 'vflip'])}",
+            ),
+            "-vflip",
+        ),
+        *resolve_tricks("atss,giou,warmup", baseline, args.iters),
+    ]
+    anchors = fitted_anchor_trick(baseline)
+    if anchors is not None:
+        tricks.append(anchors)
+    out = Path(args.out)
+    runs = plan_runs(RECIPE, base, tricks, seeds, args.iters, out, args.threads)
+    for trick in tricks:
+        print(f"{trick.change:>16}: {' '.join(trick.overrides)}", flush=True)
+    print(f"{len(runs)} runs of {args.iters} iterations, {args.jobs} at a time in {out}")
+    results = run_all(RECIPE, runs, args.jobs)
+
+    rows = summarize(results, tricks, seeds)
+    gt_images = len(list((patches / "heldout").glob("*.xml")))
+    table = format_table(rows, seeds, args.iters)
+    print(
+        f"\n`{RECIPE}`, batch {baseline.data.batch_size}, scored on the {gt_images} held-out "
+        f"patches of {patches}\n"
+    )
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.md").write_text(table + "\n")
+    per_run = [{"name": n, "seed": s, **m} for (n, s), m in results.items()]
+    (out / "ablation.json").write_text(json.dumps({"rows": rows, "runs": per_run}, indent=1))
+    print(f"bar chart: {plot_ablation(rows, len(seeds), out / 'ablation.png')}")
+
+
+if __name__ == "__main__":
+    main()
