@@ -273,3 +273,20 @@ def test_analyze_errors_writes_png_and_exports_false_positives(
     manifest = json.loads((export / "false_positives.json").read_text())
     assert counts["false_positives"]["total"] >= len(manifest) > 0
     assert (export / manifest[0]["crop"]).is_file()
+
+
+def test_overlay_masks_blends_exactly_the_masked_pixels_in_the_label_colour():
+    from PIL import Image
+
+    from tunedet.analysis.draw import PALETTE, overlay_masks
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    masks = rng.random((2, 20, 30)) > 0.7
+    masks[1] &= ~masks[0]  # disjoint, so each masked pixel is blended once
+    out = np.asarray(overlay_masks(Image.fromarray(pixels), masks, [0, 3], alpha=0.5))
+    untouched = ~(masks[0] | masks[1])
+    assert np.array_equal(out[untouched], pixels[untouched])
+    for mask, label in zip(masks, [0, 3], strict=True):
+        expected = 0.5 * pixels[mask].astype(np.float32) + 0.5 * np.asarray(PALETTE[label])
+        assert np.abs(out[mask].astype(np.float32) - expected).max() <= 0.5

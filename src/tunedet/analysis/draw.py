@@ -48,3 +48,18 @@ def draw_detections(
         draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
         draw.text((x0 + 2, max(0.0, y0 - 11)), text, fill=box_colour)
     return canvas
+
+
+def overlay_masks(
+    image: Image.Image,
+    masks: np.ndarray,
+    labels: Sequence[int],
+    alpha: float = 0.45,
+) -> Image.Image:
+    """Return a copy of ``image`` with each boolean ``masks[k] (H, W)`` (the image's size)
+    blended in its label's colour: ``pixel ← (1 − alpha)·pixel + alpha·colour``."""
+    pixels = np.asarray(image.convert("RGB")).astype(np.float32)
+    for mask, label in zip(masks, labels, strict=True):
+        colour = np.asarray(PALETTE[int(label) % len(PALETTE)], np.float32)
+        pixels[mask] = (1 - alpha) * pixels[mask] + alpha * colour
+    return Image.fromarray(pixels.round().astype(np.uint8))

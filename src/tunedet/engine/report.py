@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from tunedet.analysis.curves import plot_run_curves, read_metrics_log
-from tunedet.analysis.draw import draw_detections
+from tunedet.analysis.draw import draw_detections, overlay_masks
 
 TILE = 280  # px per image in the prediction grid
 
@@ -58,8 +58,18 @@ def prediction_grid(
             (round(image.width * zoom), round(image.height * zoom)),
             Image.NEAREST if zoom >= 1 else Image.BILINEAR,
         )
-        image = draw_detections(image, sample["boxes"] * zoom, width=1, colour=(255, 255, 255))
         keep = pred["scores"] >= score_thr
+        if "masks" in pred and bool(keep.any()):  # a mask detector: its masks under the boxes
+            masks = torch.nn.functional.interpolate(
+                pred["masks"][keep][None].float(),
+                size=(image.height, image.width),
+                mode="bilinear",
+                align_corners=False,
+            )[0]
+            image = overlay_masks(
+                image, (masks >= 0.5).cpu().numpy(), pred["labels"][keep].tolist()
+            )
+        image = draw_detections(image, sample["boxes"] * zoom, width=1, colour=(255, 255, 255))
         factor = zoom / batch.metas[i]["scale"]
         image = draw_detections(
             image,
