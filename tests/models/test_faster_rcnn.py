@@ -20,14 +20,6 @@ from tunedet.models import build_detector
 from tunedet.models.necks.fpn import FPN
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def demo(*overrides, size=64, num_images=8):
     return load_config(
         "faster_rcnn/demo",

@@ -34,14 +34,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(preset, *overrides, seed=0):
     torch.manual_seed(seed)
     return build_detector(load_config(preset, [*TINY, *overrides]).model)

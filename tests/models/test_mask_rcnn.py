@@ -18,14 +18,6 @@ from tunedet.models import build_detector
 from tunedet.models.heads.mask_ops import mask_targets
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def demo(*overrides, size=64, num_images=8):
     return load_config(
         "mask_rcnn/demo",

@@ -19,14 +19,6 @@ BACKBONES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name, **kwargs):
     args = {**BACKBONES[name][0], **kwargs}
     return build("backbone", {"type": name, **args})

@@ -49,15 +49,6 @@ def tiny_spec(box_loss="giou", **overrides):
     return spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model runs fastest on one thread, especially on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("box_loss", ["giou", "smooth_l1"])
 def test_tiny_retinanet_overfits_rectangles_and_recovers_every_box(box_loss):
     torch.manual_seed(0)

@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,14 +9,6 @@ from tunedet.data.build import build_dataset, build_loader
 from tunedet.models import build_detector
 from tunedet.models.detectors.ssd import SSD
 from tunedet.models.layers import SeparableConv2d
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def demo(*overrides, size=96, num_images=8):

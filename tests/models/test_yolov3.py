@@ -16,14 +16,6 @@ SEED_ANCHORS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_batch(cfg, num_images=8):
     dataset = build_dataset(cfg.data.train)
     loader = build_loader(dataset, cfg.data.val_transforms, seed=0, batch_size=num_images)
