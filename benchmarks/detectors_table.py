@@ -80,17 +80,17 @@ def train_img_per_s(run: Path, batch_size: int) -> float:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     timed = [(r["step"], r["time"]) for r in rows if "time" in r and "loss" in r]
     (first_iter, first_time), (last_iter, last_time) = timed[0], timed[-1]
+    if last_iter == first_iter:  # fewer iterations than two log intervals: no timing
+        return float("nan")
     return batch_size * (last_iter - first_iter) / (last_time - first_time)
 
 
 def trees_patches(patches: str | None) -> Path:
     """``patches`` (a folder with train/ and heldout/), or freshly written ones."""
-    if patches:
-        folder = Path(patches)
-        for split in ("train", "heldout"):
-            if not (folder / split).is_dir():
-                raise ValueError(f"--patches {folder}: no {split}/ folder of VOC patches")
-        return folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trees_vs_yolo import patches_folder
+
+    return patches_folder(patches)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trees_vs_yolo import make_patches
 

@@ -47,12 +47,10 @@ RECIPE = "trees/patches_fast"
 
 def patch_folder(patches: str | None) -> Path:
     """``patches`` (a folder with train/ and heldout/), or freshly written ones."""
-    if patches:
-        folder = Path(patches)
-        for split in ("train", "heldout"):
-            if not (folder / split).is_dir():
-                raise ValueError(f"--patches {folder}: no {split}/ folder of VOC patches")
-        return folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trees_vs_yolo import patches_folder
+
+    return patches_folder(patches)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trees_vs_yolo import make_patches
 

@@ -136,6 +136,20 @@ def make_patches(out: Path) -> dict[str, int]:
     return counts
 
 
+def patches_folder(patches: str | None) -> Path:
+    """``patches`` (a folder with train/ and heldout/ written by ``make_patches``), or
+    freshly written ones in a new temporary folder."""
+    if patches:
+        folder = Path(patches)
+        for split in ("train", "heldout"):
+            if not (folder / split).is_dir():
+                raise ValueError(f"--patches {folder}: no {split}/ folder of VOC patches")
+        return folder
+    folder = Path(tempfile.mkdtemp(prefix="trees_patches_"))
+    print(f"patches in {folder}: {make_patches(folder)}", flush=True)
+    return folder
+
+
 def heldout_ground_truth(patches: Path) -> dict:
     return build_dataset({"type": "voc", "root": str(patches / "heldout")}).coco_ground_truth()
 
