@@ -42,10 +42,12 @@ def _overfit_stats(model, batch, gt: dict, iters: int, lr: float) -> dict[str, f
 
     from tunedet.evaluation import coco_evaluate, detections_to_coco_results
 
+    masks = getattr(model, "needs_masks", False)  # Mask R-CNN: trained and scored on masks
+    extra = {"gt_masks": batch.gt_masks} if masks else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(iters):
-        losses = model.loss(batch.images, batch.gt_boxes, batch.gt_labels)
+        losses = model.loss(batch.images, batch.gt_boxes, batch.gt_labels, **extra)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -56,8 +58,13 @@ def _overfit_stats(model, batch, gt: dict, iters: int, lr: float) -> dict[str, f
         [m["image_id"] for m in batch.metas],
         [m["scale"] for m in batch.metas],
         sorted(c["id"] for c in gt["categories"]),
+        orig_sizes=[m["orig_size"] for m in batch.metas],
     )
-    return coco_evaluate(gt, results)
+    stats = coco_evaluate(gt, results)
+    if masks:
+        segm = coco_evaluate(gt, results, iou_type="segm")
+        stats.update({f"segm_{name}": value for name, value in segm.items()})
+    return stats
 
 
 @pytest.fixture(scope="session")
@@ -65,5 +72,6 @@ def overfit_stats():
     """``overfit_stats(model, batch, gt, iters, lr) -> COCO stats``: train ``model`` on the
     one ``batch`` (AdamW, no weight decay) for ``iters`` steps, then score its predictions
     on that same batch against ``gt`` (the dataset's COCO ground truth): the test that
-    targets, losses and decoding agree."""
+    targets, losses and decoding agree. A mask detector also gets the batch's masks and
+    its stats add the segm ones (``segm_AP50``, ...)."""
     return _overfit_stats

@@ -13,7 +13,6 @@ import torch
 from tunedet.cli.main import main as cli_main
 from tunedet.config.loader import load_config
 from tunedet.data.build import build_dataset, build_loader
-from tunedet.evaluation import coco_evaluate, detections_to_coco_results
 from tunedet.models import build_detector
 from tunedet.models.heads.mask_ops import mask_targets
 
@@ -110,38 +109,20 @@ NARROW = (
 )
 
 
-def test_mask_rcnn_demo_overfits_eight_synthetic_images():
+def test_mask_rcnn_demo_overfits_eight_synthetic_images(overfit_stats):
     """Box AP50 >= 0.9 and mask (segm) AP50 >= 0.8 on the 8 images it trained on, the
     masks scored as the trainer's evaluation scores them (RLE in original pixels)."""
     torch.manual_seed(0)
     cfg = demo(*NARROW)
     model = build_detector(cfg.model)
     dataset, batch = synthetic_batch(cfg)
-    gt = dataset.coco_ground_truth()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.0)
-    model.train()
-    for _ in range(60):
-        losses = model.loss(batch.images, batch.gt_boxes, batch.gt_labels, batch.gt_masks)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-    model.eval()
-    predictions = model.predict(batch.images, batch.image_sizes)
-    results = detections_to_coco_results(
-        predictions,
-        [m["image_id"] for m in batch.metas],
-        [m["scale"] for m in batch.metas],
-        sorted(c["id"] for c in gt["categories"]),
-        orig_sizes=[m["orig_size"] for m in batch.metas],
-    )
-    box = coco_evaluate(gt, results)
-    segm = coco_evaluate(gt, results, iou_type="segm")
+    stats = overfit_stats(model, batch, dataset.coco_ground_truth(), iters=60, lr=4e-3)
     print(
-        f"mask_rcnn demo overfit: box AP {box['AP']:.3f} AP50 {box['AP50']:.3f}, "
-        f"mask AP {segm['AP']:.3f} AP50 {segm['AP50']:.3f}"
+        f"mask_rcnn demo overfit: box AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f}, "
+        f"mask AP {stats['segm_AP']:.3f} AP50 {stats['segm_AP50']:.3f}"
     )
-    assert box["AP50"] >= 0.9
-    assert segm["AP50"] >= 0.8
+    assert stats["AP50"] >= 0.9
+    assert stats["segm_AP50"] >= 0.8
 
 
 def test_cli_eval_of_a_mask_rcnn_checkpoint_reports_box_and_mask_stats(tmp_path, capsys):
