@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from tunedet.config.registry import register
-from tunedet.models.heads.roi_align import MultiLevelRoIAlign
+from tunedet.models.heads.roi_align import MultiLevelRoIAlign, pooled_levels
 
 
 @register("mask_head", "fcn", injected=("in_channels", "strides", "num_classes"))
@@ -56,14 +56,9 @@ class FCNMaskHead(nn.Module):
         conv_init: Literal["msra", "gaussian"] = "msra",
     ):
         super().__init__()
-        wanted = [2**k for k in range(roi_min_level, roi_max_level + 1)]
-        if not wanted or any(s not in strides for s in wanted):
-            raise ValueError(
-                f"model.mask_head.roi_min_level/roi_max_level: levels {roi_min_level}–"
-                f"{roi_max_level} need feature maps of strides {wanted}, the neck gives "
-                f"{list(strides)}"
-            )
-        self.feature_indices = [list(strides).index(s) for s in wanted]
+        wanted, self.feature_indices = pooled_levels(
+            strides, roi_min_level, roi_max_level, "mask_head"
+        )
         self.num_classes = num_classes
         self.class_agnostic = class_agnostic
         self.loss_weight = loss_weight

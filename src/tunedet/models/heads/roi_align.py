@@ -143,6 +143,21 @@ def roi_align_sparse(
     return _SparseRoIAlign.apply(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
+def pooled_levels(
+    strides: list[int], min_level: int, max_level: int, section: str
+) -> tuple[list[int], list[int]]:
+    """The strides of FPN levels ``min_level``–``max_level`` and the indices of those maps
+    among the neck's ``strides``; a ValueError naming ``model.<section>`` when the neck
+    lacks one."""
+    wanted = [2**k for k in range(min_level, max_level + 1)]
+    if not wanted or any(s not in strides for s in wanted):
+        raise ValueError(
+            f"model.{section}.roi_min_level/roi_max_level: levels {min_level}–{max_level} "
+            f"need feature maps of strides {wanted}, the neck gives {list(strides)}"
+        )
+    return wanted, [list(strides).index(s) for s in wanted]
+
+
 class MultiLevelRoIAlign(nn.Module):
     """RoIAlign from the FPN level of each RoI's size: ``(feats, rois) -> (P, C, S, S)``.
 

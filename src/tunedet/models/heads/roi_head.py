@@ -26,7 +26,7 @@ from torchvision.ops import batched_nms
 
 from tunedet.config.registry import register
 from tunedet.engine.distributed import mean_count_over_ranks
-from tunedet.models.heads.roi_align import MultiLevelRoIAlign, RoIAlignImpl
+from tunedet.models.heads.roi_align import MultiLevelRoIAlign, RoIAlignImpl, pooled_levels
 from tunedet.models.heads.rpn import image_limits
 from tunedet.models.postprocess import split_per_image
 
@@ -133,20 +133,15 @@ class StandardRoIHead(nn.Module):
         max_dets: Annotated[int, Field(ge=1)] = 100,
     ):
         super().__init__()
-        wanted = [2**k for k in range(roi_min_level, roi_max_level + 1)]
-        if not wanted or any(s not in strides for s in wanted):
-            raise ValueError(
-                f"model.roi_head.roi_min_level/roi_max_level: levels {roi_min_level}–"
-                f"{roi_max_level} need feature maps of strides {wanted}, the neck gives "
-                f"{list(strides)}"
-            )
+        wanted, self.feature_indices = pooled_levels(
+            strides, roi_min_level, roi_max_level, "roi_head"
+        )
         if roi_align_impl == "sparse" and sampling_ratio < 1:
             raise ValueError(
                 "model.roi_head.roi_align_impl: sparse needs sampling_ratio >= 1 "
                 f"(model.roi_head.sampling_ratio is {sampling_ratio}; adaptive sampling, 0, "
                 "is torchvision's only)"
             )
-        self.feature_indices = [list(strides).index(s) for s in wanted]
         self.num_classes = num_classes
         self.assigner = assigner
         self.sampler = sampler
