@@ -25,11 +25,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from trees_vs_yolo import patches_folder  # benchmarks/, on sys.path when run as a script
 
 from tunedet.analysis.flops import count_params_and_flops
 from tunedet.config.loader import (
@@ -83,20 +83,6 @@ def train_img_per_s(run: Path, batch_size: int) -> float:
     if last_iter == first_iter:  # fewer iterations than two log intervals: no timing
         return float("nan")
     return batch_size * (last_iter - first_iter) / (last_time - first_time)
-
-
-def trees_patches(patches: str | None) -> Path:
-    """``patches`` (a folder with train/ and heldout/), or freshly written ones."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from trees_vs_yolo import patches_folder
-
-    return patches_folder(patches)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from trees_vs_yolo import make_patches
-
-    folder = Path(tempfile.mkdtemp(prefix="trees_patches_"))
-    print(f"patches in {folder}: {make_patches(folder)}", flush=True)
-    return folder
 
 
 def trees_overrides(patches: Path) -> list[str]:
@@ -157,7 +143,7 @@ def main() -> None:
     size = 128
     if args.data == "trees":
         names = [n for n in names if n not in NEEDS_MASKS]
-        patches = trees_patches(args.patches)
+        patches = patches_folder(args.patches)
         extra = trees_overrides(patches)
         size = 400
     rows, loads = [], []

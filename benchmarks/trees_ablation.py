@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import tempfile
 from pathlib import Path
+
+from trees_vs_yolo import patches_folder  # benchmarks/, on sys.path when run as a script
 
 from tunedet.analysis.anchors import analyze_anchors, dataset_box_sizes
 from tunedet.config.loader import load_config
@@ -43,20 +43,6 @@ from tunedet.tuning.ablation import (
 )
 
 RECIPE = "trees/patches_fast"
-
-
-def patch_folder(patches: str | None) -> Path:
-    """``patches`` (a folder with train/ and heldout/), or freshly written ones."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from trees_vs_yolo import patches_folder
-
-    return patches_folder(patches)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from trees_vs_yolo import make_patches
-
-    folder = Path(tempfile.mkdtemp(prefix="trees_patches_"))
-    print(f"patches in {folder}: {make_patches(folder)}", flush=True)
-    return folder
 
 
 def fitted_anchor_trick(cfg) -> Trick | None:
@@ -99,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    patches = patch_folder(args.patches)
+    patches = patches_folder(args.patches)
     base = [
         f"data.train.root={patches / 'train'}",
         f"data.val={{type: voc, root: {patches / 'heldout'}}}",
