@@ -68,6 +68,25 @@ def test_crash_between_temp_write_and_replace_leaves_old_file_intact(tmp_path, m
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # temp file removed
 
 
+def test_failed_write_names_the_file_and_the_free_space(tmp_path, monkeypatch):
+    path = tmp_path / "iter_0000002.pt"
+    save_checkpoint(path, {"iteration": 1})
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64\nmore")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(path, {"iteration": 2})
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "unexpected pos 64" in message and "MB free" in message
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # temp file removed
+
+
 def test_missing_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"nope\.pt does not exist"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -54,10 +55,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError
+            free_mb = shutil.disk_usage(path.parent).free / 2**20
+            reason = _first_line(str(err)) or type(err).__name__
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {reason} "
+                f"({free_mb:.0f} MB free in {path.parent})"
+            ) from err
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
