@@ -1,8 +1,8 @@
 """Training img/s of tunedet vs torchvision at equal architecture and input (RetinaNet-R18-FPN,
-Faster R-CNN-R18-FPN).
+Faster R-CNN-R18-FPN, SSDlite320-MobileNetV3-Large).
 
     python benchmarks/bench_train_vs_torchvision.py [--repeats 7] [--batch 4] [--size 320]
-        [--threads 2] [--profile] [--models retinanet faster_rcnn]
+        [--threads 2] [--profile] [--models retinanet faster_rcnn ssdlite] [--channels-last]
 
 Both models: ResNet-18 (torchvision's, random init, BatchNorm, all stages trained), FPN 256
 on C3–C5 + P6/P7 from P5 (ReLU before P7), RetinaNet head 4 × 256 convs per branch, no
@@ -15,7 +15,10 @@ backward, ``optimizer.step`` on the same batch (random images, 6 random GT boxes
 image). Checked before timing: both networks see the same image tensor, have the same
 number of parameters and anchors. Steps are timed in turns (round-robin); median img/s
 over ``--repeats`` with min–max. ``--profile`` adds torch.profiler's split of one step
-of each into convolutions (forward + backward) and everything else.
+of each into convolutions (forward + backward) and everything else. ``--channels-last``
+adds both models in NHWC memory order (what ``train.channels_last: true`` does in
+tunedet's trainer): the verdict then compares tunedet NHWC with torchvision as it ships,
+and the "torchvision NHWC" row shows what the same switch would do for torchvision.
 
 Faster R-CNN-R18-FPN, both: ResNet-18 (BatchNorm, all stages trained) C2–C5, FPN 256 on
 P2–P5 + P6 max-pooled from P5; RPN (one 3×3 conv 256 + objectness and deltas, anchors
@@ -28,25 +31,36 @@ matches, 512 sampled at 0.25; 2-MLP 1024; softmax over 10 classes + background; 
 ``_resnet_fpn_extractor(resnet18(), 5, [1, 2, 3, 4], LastLevelMaxPool())``, its defaults
 otherwise. The one difference: torchvision's box regressor also has outputs for the
 background class (4 · 1024 + 4 parameters more), which no loss reaches.
+
+SSDlite320-MobileNetV3-Large, both: torchvision's ``ssdlite320_mobilenet_v3_large``
+(random init, 10 classes + background, mean 0 / std 1) and tunedet's
+``ssd/tv_ssdlite320_mobilenet_v3_large`` config with 10 classes, which
+``tests/models/test_torchvision_equivalence.py`` checks gives the same detections and
+losses as torchvision's on converted weights: reduced-tail MobileNetV3-Large C4/C5, four
+separable extra levels, 6 priors per location on 6 levels (3 234 priors), max-IoU 0.5,
+3:1 hard negatives, smooth L1 on deltas with weights (10, 10, 5, 5). Always 320 px.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
 
 import torch
 import torchvision
-from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection import FasterRCNN, RetinaNet, ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from tunedet.config.loader import load_config
 from tunedet.models import build_detector
 
-# issue #10: RetinaNet at least as fast as torchvision, Faster R-CNN 1.3x
-REQUIRED_SPEEDUP = {"retinanet": 1.0, "faster_rcnn": 1.3}
+# issue #10: RetinaNet at least as fast as torchvision, Faster R-CNN and SSD-lite 1.3x
+REQUIRED_SPEEDUP = {"retinanet": 1.0, "faster_rcnn": 1.3, "ssdlite": 1.3}
 NUM_CLASSES = 10
 
 TUNEDET_SPEC = {
@@ -240,33 +254,72 @@ def faster_rcnn_pair(args, images):
     return tv, td, title
 
 
-PAIRS = {"retinanet": retinanet_pair, "faster_rcnn": faster_rcnn_pair}
+def ssdlite_pair(args, images):
+    """The SSDlite320 pair, checked equal (image tensor, parameters, priors)."""
+    if args.size != 320:
+        raise SystemExit("the ssdlite pair is SSDlite320: run it with --size 320")
+    tv = ssdlite320_mobilenet_v3_large(
+        weights=None,
+        weights_backbone=None,
+        num_classes=NUM_CLASSES + 1,  # torchvision counts the background
+        image_mean=[0.0] * 3,
+        image_std=[1.0] * 3,
+    )
+    spec = load_config("ssd/tv_ssdlite320_mobilenet_v3_large", []).model.model_dump()
+    td = build_detector({**spec, "num_classes": NUM_CLASSES})
+    assert count(tv) == count(td), f"parameter counts differ: {count(tv)} vs {count(td)}"
+    with torch.no_grad():
+        feats = list(tv.backbone(images).values())
+        priors = tv.anchor_generator.num_anchors_per_location()
+        tv_priors = sum(f.shape[-2] * f.shape[-1] * k for f, k in zip(feats, priors, strict=True))
+        td_priors = td(images)[2].shape[0]
+    assert tv_priors == td_priors, f"prior counts differ: {tv_priors} vs {td_priors}"
+    title = (
+        f"SSDlite320-MobileNetV3-Large ({td_priors} priors per image), "
+        f"{count(td) / 1e6:.2f} M parameters both"
+    )
+    return tv, td, title
+
+
+PAIRS = {"retinanet": retinanet_pair, "faster_rcnn": faster_rcnn_pair, "ssdlite": ssdlite_pair}
+
+
+def sgd_step(model, forward):
+    """One SGD step of ``model`` whose loss terms ``forward()`` returns."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        sum(forward().values()).backward()
+        optimizer.step()
+
+    return step
 
 
 def compare(args, pair, images, boxes, labels) -> float:
-    """Time one pair's SGD steps in turns; print the table; return tunedet / torchvision."""
+    """Time one pair's SGD steps in turns; print the table; return tunedet / torchvision
+    (tunedet in NHWC memory order with ``--channels-last``, torchvision as it ships)."""
     tv, td, title = pair(args, images)
     tv.train()
     td.train()
     transformed, _ = tv.transform(list(images), None)
     assert torch.equal(transformed.tensors, images), "torchvision's transform changed the images"
 
-    first_label = 1 if isinstance(tv, FasterRCNN) else 0  # torchvision's R-CNN: 0 = background
+    # torchvision's R-CNN and SSD: label 0 is the background
+    first_label = 1 if isinstance(tv, FasterRCNN | SSD) else 0
     targets = [
         {"boxes": b, "labels": lab + first_label} for b, lab in zip(boxes, labels, strict=True)
     ]
-    tv_opt = torch.optim.SGD(tv.parameters(), lr=1e-4, momentum=0.9)
-    td_opt = torch.optim.SGD(td.parameters(), lr=1e-4, momentum=0.9)
-
-    def tv_step():
-        tv_opt.zero_grad(set_to_none=True)
-        sum(tv(list(images), targets).values()).backward()
-        tv_opt.step()
-
-    def td_step():
-        td_opt.zero_grad(set_to_none=True)
-        sum(td.loss(images, boxes, labels).values()).backward()
-        td_opt.step()
+    steps = {
+        "torchvision": sgd_step(tv, lambda: tv(list(images), targets)),
+        "tunedet": sgd_step(td, lambda: td.loss(images, boxes, labels)),
+    }
+    if args.channels_last:  # what train.channels_last does: NHWC weights and batches
+        nhwc = images.contiguous(memory_format=torch.channels_last)
+        tv_nhwc = copy.deepcopy(tv).to(memory_format=torch.channels_last)
+        td_nhwc = copy.deepcopy(td).to(memory_format=torch.channels_last)
+        steps["torchvision NHWC"] = sgd_step(tv_nhwc, lambda: tv_nhwc(list(nhwc), targets))
+        steps["tunedet NHWC"] = sgd_step(td_nhwc, lambda: td_nhwc.loss(nhwc, boxes, labels))
 
     load = os.getloadavg()
     print(
@@ -274,7 +327,6 @@ def compare(args, pair, images, boxes, labels) -> float:
         f"{torch.__version__}, torchvision {torchvision.__version__}, load average before "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    steps = {"torchvision": tv_step, "tunedet": td_step}
     for step in steps.values():  # warm-up (oneDNN kernels, allocator)
         step()
     times = {name: [] for name in steps}
@@ -283,19 +335,20 @@ def compare(args, pair, images, boxes, labels) -> float:
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    print(f"{'':12s} {'train img/s median [min–max]':>32s}  {'s/step':>7s}  vs torchvision")
+    print(f"{'':16s} {'train img/s median [min–max]':>32s}  {'s/step':>7s}  vs torchvision")
     rate = {}
     for name, t in times.items():
         rates = sorted(args.batch / x for x in t)
         rate[name] = statistics.median(rates)
         print(
-            f"{name:12s} {rate[name]:15.2f} [{rates[0]:.2f}–{rates[-1]:.2f}]       "
+            f"{name:16s} {rate[name]:15.2f} [{rates[0]:.2f}–{rates[-1]:.2f}]       "
             f"{statistics.median(t):7.2f}  {rate[name] / rate['torchvision']:6.2f}×"
         )
     if args.profile:
         for name, step in steps.items():
             print(profile_split(step, name))
-    return rate["tunedet"] / rate["torchvision"]
+    best = "tunedet NHWC" if args.channels_last else "tunedet"
+    return rate[best] / rate["torchvision"]
 
 
 def main() -> None:
@@ -305,6 +358,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="also time both in NHWC memory order (tunedet's train.channels_last)",
+    )
     parser.add_argument("--models", nargs="+", choices=sorted(PAIRS), default=list(PAIRS))
     parser.add_argument(
         "--roi-align-impl", default="auto", choices=["auto", "torchvision", "sparse"]
@@ -319,7 +377,8 @@ def main() -> None:
     for name, ratio in ratios.items():
         target = REQUIRED_SPEEDUP[name]
         verdict = "ok" if ratio >= target else "BELOW TARGET"
-        print(f"{name}: tunedet / torchvision: {ratio:.2f}× (target ≥ {target}×: {verdict})")
+        mode = " (tunedet NHWC, torchvision as shipped)" if args.channels_last else ""
+        print(f"{name}: tunedet / torchvision{mode}: {ratio:.2f}× (target ≥ {target}×: {verdict})")
     print(f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 

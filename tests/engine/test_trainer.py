@@ -1,5 +1,5 @@
 """The training loop: exact resume (with EMA), the non-finite loss guard, run-directory
-contents, gradient accumulation, bf16 autocast, early stopping, frozen stages."""
+contents, gradient accumulation, bf16 autocast, channels_last, early stopping, frozen stages."""
 
 from __future__ import annotations
 
@@ -195,6 +195,29 @@ def test_bf16_autocast_trains_two_iterations_on_cpu(tmp_path: Path):
     assert all(
         p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.model.parameters()
     )
+
+
+def test_channels_last_trains_the_same_weights_in_nhwc_memory(tmp_path: Path):
+    common = ("train.max_iters=3", "data.val=null", "device=cpu")
+    plain = Trainer(tiny_config(*common), tmp_path / "a", log=quiet)
+    plain.train()
+    nhwc = Trainer(tiny_config(*common, "train.channels_last=true"), tmp_path / "b", log=quiet)
+    seen = []
+    original = nhwc.model.loss
+
+    def recording_loss(images, *args, **kwargs):
+        seen.append(images.is_contiguous(memory_format=torch.channels_last))
+        return original(images, *args, **kwargs)
+
+    nhwc.model.loss = recording_loss
+    nhwc.train()
+    assert seen == [True, True, True]
+    conv = nhwc.model.backbone.layers[0][0].conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for (name, a), (_, b) in zip(
+        plain.model.state_dict().items(), nhwc.model.state_dict().items(), strict=True
+    ):  # the same arithmetic in another order: equal to float rounding
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_fp16_without_cuda_is_refused_with_a_hint(tmp_path: Path):

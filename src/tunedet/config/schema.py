@@ -156,6 +156,10 @@ class TrainConfig(Section):
     progress: bool = True
     accumulate: Annotated[int, Field(ge=1)] = 1
     amp: Literal["none", "bf16", "fp16"] = "none"
+    # NHWC memory order for the model and the training batches (torch.channels_last):
+    # oneDNN's depthwise and BN kernels prefer it (SSD-lite trains faster on CPU; see
+    # docs/PERFORMANCE.md); checkpoints are the same either way
+    channels_last: bool = False
     # torchrun runs only: BatchNorm → SyncBatchNorm (statistics over the global batch; CUDA)
     sync_bn: bool = False
     ema: EMAConfig | None = None

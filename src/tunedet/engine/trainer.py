@@ -31,6 +31,7 @@ import math
 import random
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,8 @@ class Trainer:
         if train.sync_bn and self.world_size > 1:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
+        if train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.amp_device = model_device(self.model)
         check_amp(train.amp, self.amp_device)
         self.scaler = grad_scaler(train.amp, self.amp_device)
@@ -393,6 +396,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for micro in range(self.accumulate):
             batch = next(loader).to(self.device)
+            if cfg.channels_last:
+                batch = replace(
+                    batch, images=batch.images.contiguous(memory_format=torch.channels_last)
+                )
             # DDP averages gradients only on the last backward of the step.
             last = micro == self.accumulate - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else _no_context()
