@@ -24,8 +24,10 @@ from tunedet.data import (
     MultiScaleResize,
     Pad,
     PhotometricDistortion,
+    RandomCrop,
     RandomErasing,
     RandomHorizontalFlip,
+    RandomRotate90,
     RandomVerticalFlip,
     Resize,
 )
@@ -67,6 +69,8 @@ def with_context(sample: dict, seed: int, masks: bool) -> dict:
 SPECS = [
     (RandomHorizontalFlip, {"p": 1.0}),
     (RandomVerticalFlip, {"p": 1.0}),
+    (RandomRotate90, {"p": 1.0}),
+    (RandomCrop, {"p": 1.0, "size": 24}),
     (Resize, {"size": 40}),
     (Resize, {"size": 24, "mode": "shorter", "max_size": 50}),
     (MultiScaleResize, {"sizes": (24, 48)}),
@@ -154,6 +158,8 @@ def test_probability_zero_is_the_identity(transform, seed, masks):
     "spec",
     [
         {"type": "min_iou_crop", "p": 0.3},
+        {"type": "rot90", "p": 0.7},
+        {"type": "random_crop", "size": 20, "min_visible": 0.3},
         {"type": "expand", "ratio_range": [1.0, 2.0]},
         {"type": "photometric", "hue": 0.0},
         {"type": "cutout", "n_holes": 3, "size": 0.1},

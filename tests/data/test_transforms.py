@@ -1,4 +1,5 @@
-"""Flips and resize move boxes with the pixels and keep labels; normalize makes the tensor."""
+"""Flips, quarter turns, random crops and resize move boxes with the pixels and keep labels;
+normalize makes the tensor."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from tunedet.data import Compose, Normalize, RandomHorizontalFlip, RandomVerticalFlip, Resize
+from tunedet.data import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomRotate90,
+    RandomVerticalFlip,
+    Resize,
+)
 
 
 def make_sample(height=6, width=10):
@@ -41,6 +50,78 @@ def test_vflip_mirrors_boxes_with_the_pixels():
     out = RandomVerticalFlip(p=1.0)(make_sample(height=8), np.random.default_rng(0))
     np.testing.assert_array_equal(out["boxes"], [[1, 2, 4, 6], [0, 2, 10, 8]])
     assert patch_box(out["image"]) == [1, 2, 4, 6]
+
+
+def coordinate_sample(height: int, width: int, seed: int, n: int = 12) -> dict:
+    """A sample whose pixel (y, x) holds (x, y, 0) and whose boxes come with masks
+    (filled rectangles), so where any output pixel came from can be read off it."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx, yy, np.zeros_like(xx)], axis=-1).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, [width - 2, height - 2], size=(n, 2))
+    wh = rng.integers(1, 12, size=(n, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [width, height])], 1).astype(np.float32)
+    masks = np.zeros((n, height, width), np.uint8)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        masks[k, y0:y1, x0:x1] = 1
+    labels = np.arange(n, dtype=np.int64)
+    return {"image": image, "boxes": boxes, "labels": labels, "masks": masks}
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    out = []
+    for m in masks:
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        out.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    return np.array(out, np.float32).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rot90_turns_boxes_masks_and_pixels_together(seed):
+    sample = coordinate_sample(30, 50, seed)
+    out = RandomRotate90(p=1.0)(sample, np.random.default_rng(seed))
+    turns = next(k for k in (1, 2, 3) if np.array_equal(out["image"], np.rot90(sample["image"], k)))
+    assert out["image"].shape[:2] == ((50, 30) if turns % 2 else (30, 50))
+    np.testing.assert_array_equal(out["masks"], np.rot90(sample["masks"], turns, axes=(1, 2)))
+    np.testing.assert_array_equal(out["boxes"], mask_boxes(out["masks"]))  # closed form
+    assert out["labels"].tolist() == sample["labels"].tolist()
+
+
+def test_rot90_draws_each_number_of_turns():
+    sample = coordinate_sample(8, 8, 0)
+    seen = set()
+    for seed in range(40):
+        out = RandomRotate90(p=1.0)(sample, np.random.default_rng(seed))
+        seen.add(
+            next(k for k in (1, 2, 3) if np.array_equal(out["image"], np.rot90(sample["image"], k)))
+        )
+    assert seen == {1, 2, 3}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_crop_cuts_a_window_and_keeps_boxes_by_visible_fraction(seed):
+    sample = coordinate_sample(40, 60, seed, n=20)
+    out = RandomCrop(size=24, min_visible=0.5)(sample, np.random.default_rng(seed))
+    assert out["image"].shape[:2] == (24, 24)
+    x0, y0 = int(out["image"][0, 0, 0]), int(out["image"][0, 0, 1])  # where the window sits
+    np.testing.assert_array_equal(out["image"], sample["image"][y0 : y0 + 24, x0 : x0 + 24])
+    # float64 reference of the rule: visible area / area >= 0.5, clipped, shifted
+    boxes = sample["boxes"].astype(np.float64)
+    clipped = boxes.copy()
+    clipped[:, 0::2] = clipped[:, 0::2].clip(x0, x0 + 24)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(y0, y0 + 24)
+    visible = np.prod(clipped[:, 2:] - clipped[:, :2], axis=1)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    keep = visible / area >= 0.5
+    assert out["labels"].tolist() == np.flatnonzero(keep).tolist()
+    np.testing.assert_allclose(out["boxes"], clipped[keep] - [x0, y0, x0, y0])
+    np.testing.assert_array_equal(out["masks"], sample["masks"][keep, y0 : y0 + 24, x0 : x0 + 24])
+
+
+def test_random_crop_larger_than_the_image_keeps_the_whole_side():
+    sample = coordinate_sample(16, 60, 0)
+    out = RandomCrop(size=24)(sample, np.random.default_rng(0))
+    assert out["image"].shape[:2] == (16, 24)
 
 
 def test_flip_with_p_zero_is_identity():

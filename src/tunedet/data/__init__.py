@@ -7,7 +7,7 @@ from tunedet.data.annotated_images import FULL_CHECK_LIMIT, AnnotatedImageDatase
 from tunedet.data.bad_input import BadInputReport, DataError
 from tunedet.data.coco import CocoDataset
 from tunedet.data.coco_writer import write_coco
-from tunedet.data.crop_expand import Expand, MinIoURandomCrop
+from tunedet.data.crop_expand import Expand, MinIoURandomCrop, RandomCrop
 from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
 from tunedet.data.mixing import CopyPaste, MixUp, Mosaic
 from tunedet.data.photometric import Cutout, PhotometricDistortion, RandomErasing
@@ -20,6 +20,7 @@ from tunedet.data.transforms import (
     Normalize,
     Pad,
     RandomHorizontalFlip,
+    RandomRotate90,
     RandomVerticalFlip,
     Resize,
 )
@@ -47,8 +48,10 @@ __all__ = [
     "Normalize",
     "Pad",
     "PhotometricDistortion",
+    "RandomCrop",
     "RandomErasing",
     "RandomHorizontalFlip",
+    "RandomRotate90",
     "RandomVerticalFlip",
     "Resize",
     "SyntheticShapes",

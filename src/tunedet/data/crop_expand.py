@@ -1,4 +1,5 @@
-"""SSD's geometric augmentations: random crop with a minimum IoU, and expand (zoom out).
+"""Random crops and expand: SSD's crop with a minimum IoU, expand (zoom out), and a plain
+fixed-size random crop.
 
 Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016, section 2.2
 ("Data augmentation"): a patch whose IoU with an object is at least one of
@@ -6,6 +7,10 @@ Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016, section 2.2
 kept; as the authors' Caffe sampler, one object meeting the minimum is
 enough), and the image is placed on a canvas up to 4× larger filled with the mean
 (zoom out, which makes small objects).
+
+``random_crop`` cuts a fixed-size window at a uniform random position, with the same
+visible-fraction rule as tiling (`tunedet.data.tiling`): training on random windows of
+large images instead of fixed tiles.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from tunedet.config.registry import register
+from tunedet.data.tiling import crop_to_tile
 from tunedet.data.transforms import clip_and_filter, keep_boxes, place
 
 
@@ -95,6 +101,39 @@ class MinIoURandomCrop:
             cropped = crop_sample(sample, (x0, y0, x0 + w, y0 + h), inside)
             return clip_and_filter(cropped, self.min_size)
         return sample
+
+
+@register("transform", "random_crop")
+class RandomCrop:
+    """With probability ``p``, a ``size`` × ``size`` window (each side capped at the
+    image's) at a uniform random position. A box cut by the window edge is kept, clipped,
+    when at least ``min_visible`` of its area is inside (tiling's rule), else dropped;
+    then boxes narrower or lower than ``min_size`` px are dropped."""
+
+    def __init__(
+        self,
+        size: Annotated[int, Field(ge=1)],
+        p: Annotated[float, Field(ge=0, le=1)] = 1.0,
+        min_visible: Annotated[float, Field(gt=0, le=1)] = 0.5,
+        min_size: Annotated[float, Field(ge=0)] = 1.0,
+    ) -> None:
+        self.size = size
+        self.p = p
+        self.min_visible = min_visible
+        self.min_size = min_size
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        if rng.random() >= self.p:
+            return sample
+        height, width = sample["image"].shape[:2]
+        w, h = min(self.size, width), min(self.size, height)
+        x0 = int(rng.integers(0, width - w + 1))
+        y0 = int(rng.integers(0, height - h + 1))
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+        labels = np.zeros(len(boxes), np.int64)
+        window = crop_to_tile(boxes, labels, (x0, y0, x0 + w, y0 + h), self.min_visible)
+        cropped = crop_sample(sample, (x0, y0, x0 + w, y0 + h), window.index[window.keep])
+        return clip_and_filter(cropped, self.min_size)
 
 
 @register("transform", "expand")

@@ -20,7 +20,7 @@ Context keys (set by `TransformedDataset`, removed before batching):
 - ``_batch_seed = (seed, epoch, batch)``: the same for every sample of one
   batch, so that ``multi_scale`` picks one size per batch.
 
-This module holds the shared helpers and the flips, resizes, pad and
+This module holds the shared helpers and the flips, quarter turns, resizes, pad and
 normalize; the other transforms live in `crop_expand`, `photometric` and
 `mixing` (all registered when `tunedet.data` is imported).
 """
@@ -148,6 +148,42 @@ class RandomVerticalFlip:
         }
         if "masks" in sample:
             out["masks"] = np.ascontiguousarray(sample["masks"][:, ::-1])
+        return out
+
+
+def rotate_boxes_90(boxes: np.ndarray, width: int) -> np.ndarray:
+    """``boxes (N, 4) xyxy`` after one counter-clockwise quarter turn (``np.rot90``) of an
+    image ``width`` px wide: the point (x, y) goes to (y, width − x)."""
+    return np.stack(
+        [boxes[:, 1], width - boxes[:, 2], boxes[:, 3], width - boxes[:, 0]], axis=1
+    ).astype(np.float32)
+
+
+@register("transform", "rot90")
+class RandomRotate90:
+    """With probability ``p``, turn the image by 1, 2 or 3 quarter turns (uniformly,
+    counter-clockwise): for overhead imagery, where up has no meaning. With ``hflip`` it
+    reaches all 8 symmetries of the square."""
+
+    def __init__(self, p: Annotated[float, Field(ge=0, le=1)] = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        if rng.random() >= self.p:
+            return sample
+        turns = int(rng.integers(1, 4))
+        image = sample["image"]
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+        for turn in range(turns):
+            width = image.shape[1] if turn % 2 == 0 else image.shape[0]
+            boxes = rotate_boxes_90(boxes, width)
+        out = {
+            **sample,
+            "image": np.ascontiguousarray(np.rot90(image, turns)),
+            "boxes": boxes,
+        }
+        if "masks" in sample:
+            out["masks"] = np.ascontiguousarray(np.rot90(sample["masks"], turns, axes=(1, 2)))
         return out
 
 
