@@ -88,6 +88,7 @@ def batched_soft_nms(
     current = scores[index].clone()
     groups = idxs[index]
     alive = torch.ones(len(index), dtype=torch.bool, device=device)
+    one_group = len(groups) == 0 or bool((groups == groups[0]).all())
     kept, kept_scores = [], []
     while len(index):
         ranked = torch.where(alive, current, float("-inf"))
@@ -98,11 +99,13 @@ def batched_soft_nms(
         cand, values = cand[valid], values[valid]
         # A candidate that no higher candidate of its group decays keeps its score until
         # the classic loop selects it, and it decays no higher candidate: select them all.
-        cand_groups = groups[cand]
         pair_f = soft_nms_decay(
             _pair_iou(work_boxes[cand], work_boxes[cand]), method, iou_threshold, sigma
         )
-        decays = (pair_f < 1) & (cand_groups[:, None] == cand_groups[None, :])
+        decays = pair_f < 1
+        if not one_group:
+            cand_groups = groups[cand]
+            decays &= cand_groups[:, None] == cand_groups[None, :]
         take = ~decays.triu(1).any(dim=0)
         chosen = cand[take]
         kept.append(index[chosen])
@@ -110,11 +113,12 @@ def batched_soft_nms(
         alive[chosen] = False
         # every selected box decays the boxes of its group (a product: order-free)
         f = soft_nms_decay(_pair_iou(work_boxes[chosen], work_boxes), method, iou_threshold, sigma)
-        f = torch.where(groups[chosen][:, None] == groups[None, :], f, 1.0)
+        if not one_group:
+            f = torch.where(groups[chosen][:, None] == groups[None, :], f, 1.0)
         current = current * f.prod(dim=0)
         alive &= current >= score_threshold
-        if 2 * len(cand) < len(index) and 2 * int(alive.sum()) < len(index):  # compact
-            live = alive.nonzero().flatten()
+        live = alive.nonzero().flatten()
+        if len(live) < len(index):  # compact: later steps touch only the boxes still alive
             index, work_boxes, current, groups = (
                 index[live],
                 work_boxes[live],
