@@ -30,7 +30,10 @@ from torch import Tensor
 
 SoftNMSMethod = Literal["linear", "gaussian"]
 
-_CANDIDATES = 256
+# candidates examined per step: start here, double while every candidate is selected
+# (sparse overlaps), halve while fewer than a quarter are (dense clusters)
+_CANDIDATES = 128
+_MIN_CANDIDATES, _MAX_CANDIDATES = 32, 1024
 
 
 def soft_nms_decay(
@@ -90,9 +93,10 @@ def batched_soft_nms(
     alive = torch.ones(len(index), dtype=torch.bool, device=device)
     one_group = len(groups) == 0 or bool((groups == groups[0]).all())
     kept, kept_scores = [], []
+    num_candidates = _CANDIDATES
     while len(index):
         ranked = torch.where(alive, current, float("-inf"))
-        values, cand = ranked.topk(min(_CANDIDATES, len(index)))
+        values, cand = ranked.topk(min(num_candidates, len(index)))
         valid = values >= score_threshold
         if not bool(valid[0]):
             break
@@ -108,6 +112,10 @@ def batched_soft_nms(
             decays &= cand_groups[:, None] == cand_groups[None, :]
         take = ~decays.triu(1).any(dim=0)
         chosen = cand[take]
+        if len(chosen) == len(cand):
+            num_candidates = min(2 * num_candidates, _MAX_CANDIDATES)
+        elif 4 * len(chosen) < len(cand):
+            num_candidates = max(num_candidates // 2, _MIN_CANDIDATES)
         kept.append(index[chosen])
         kept_scores.append(values[take])
         alive[chosen] = False
