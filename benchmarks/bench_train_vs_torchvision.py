@@ -219,15 +219,24 @@ def profile_split(step, label: str) -> str:
     )
 
 
-def retinanet_pair(args, images):
-    """The RetinaNet pair, checked equal (image tensor, parameters, anchors)."""
-    tv, td = torchvision_model(args.size), tunedet_model()
+def checked_dense_pair(tv, td, images, per_location: list[int]) -> int:
+    """Check that a dense pair has equal parameter counts and anchors per image (torchvision:
+    ``per_location`` anchors on each backbone level); returns that anchor count."""
     assert count(tv) == count(td), f"parameter counts differ: {count(tv)} vs {count(td)}"
     with torch.no_grad():
         feats = list(tv.backbone(images).values())
-        tv_anchors = sum(f.shape[-2] * f.shape[-1] for f in feats) * 9
+        tv_anchors = sum(
+            f.shape[-2] * f.shape[-1] * k for f, k in zip(feats, per_location, strict=True)
+        )
         td_anchors = td(images)[2].shape[0]
     assert tv_anchors == td_anchors, f"anchor counts differ: {tv_anchors} vs {td_anchors}"
+    return td_anchors
+
+
+def retinanet_pair(args, images):
+    """The RetinaNet pair, checked equal (image tensor, parameters, anchors)."""
+    tv, td = torchvision_model(args.size), tunedet_model()
+    td_anchors = checked_dense_pair(tv, td, images, [9] * 5)
     title = (
         f"RetinaNet-R18-FPN (P3–P7, 9 anchors, {td_anchors} anchors per image), "
         f"{count(td) / 1e6:.2f} M parameters both"
@@ -267,13 +276,7 @@ def ssdlite_pair(args, images):
     )
     spec = load_config("ssd/tv_ssdlite320_mobilenet_v3_large", []).model.model_dump()
     td = build_detector({**spec, "num_classes": NUM_CLASSES})
-    assert count(tv) == count(td), f"parameter counts differ: {count(tv)} vs {count(td)}"
-    with torch.no_grad():
-        feats = list(tv.backbone(images).values())
-        priors = tv.anchor_generator.num_anchors_per_location()
-        tv_priors = sum(f.shape[-2] * f.shape[-1] * k for f, k in zip(feats, priors, strict=True))
-        td_priors = td(images)[2].shape[0]
-    assert tv_priors == td_priors, f"prior counts differ: {tv_priors} vs {td_priors}"
+    td_priors = checked_dense_pair(tv, td, images, tv.anchor_generator.num_anchors_per_location())
     title = (
         f"SSDlite320-MobileNetV3-Large ({td_priors} priors per image), "
         f"{count(td) / 1e6:.2f} M parameters both"

@@ -16,6 +16,7 @@ from tunedet.data import (
     RandomVerticalFlip,
     Resize,
 )
+from tunedet.data.mixing import mask_tight_boxes  # checked against a loop in test_masks.py
 
 
 def make_sample(height=6, width=10):
@@ -68,14 +69,6 @@ def coordinate_sample(height: int, width: int, seed: int, n: int = 12) -> dict:
     return {"image": image, "boxes": boxes, "labels": labels, "masks": masks}
 
 
-def mask_boxes(masks: np.ndarray) -> np.ndarray:
-    out = []
-    for m in masks:
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        out.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
-    return np.array(out, np.float32).reshape(-1, 4)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_rot90_turns_boxes_masks_and_pixels_together(seed):
     sample = coordinate_sample(30, 50, seed)
@@ -83,7 +76,7 @@ def test_rot90_turns_boxes_masks_and_pixels_together(seed):
     turns = next(k for k in (1, 2, 3) if np.array_equal(out["image"], np.rot90(sample["image"], k)))
     assert out["image"].shape[:2] == ((50, 30) if turns % 2 else (30, 50))
     np.testing.assert_array_equal(out["masks"], np.rot90(sample["masks"], turns, axes=(1, 2)))
-    np.testing.assert_array_equal(out["boxes"], mask_boxes(out["masks"]))  # closed form
+    np.testing.assert_array_equal(out["boxes"], mask_tight_boxes(out["masks"]))  # closed form
     assert out["labels"].tolist() == sample["labels"].tolist()
 
 
