@@ -8,8 +8,9 @@ training img/s (images over the wall time of iterations 20..N, logged by the tra
 first iterations include one-off warm-up). Runs are sequential, with the same threads.
 
 ``--data trees``: the same presets (all but Mask R-CNN, which needs masks the trees lack)
-with the trees recipe's data section (``trees/patches_fast``: 256-px tiles, overlap 0.5,
-of the 400-px training patches of ``benchmarks/trees_vs_yolo.py``, hflip + vflip, batch 8)
+with the trees recipe's data section (``trees/patches_fast``: random 256-px crops of the
+400-px training patches of ``benchmarks/trees_vs_yolo.py``, flips and quarter turns,
+batch 8; the table in docs/PERFORMANCE.md was printed when it used fixed 256-px tiles)
 and its model keys (one class, max_dets), trained for the same iterations and scored by
 the same COCO evaluator on the held-out 400-px patches; GFLOPs of one 400-px forward pass.
 Each preset keeps its own model, assignment, losses, optimizer and schedule.

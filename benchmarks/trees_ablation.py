@@ -5,8 +5,9 @@ training patches of ``benchmarks/trees_vs_yolo.py`` and scored by the COCO evalu
 its held-out 400-px patches. Each row changes one part of the baseline alone (the
 machinery of ``tunedet ablate``, ``tunedet.tuning.ablation``):
 
-- ``no_tiling``: whole 400-px patches instead of 256-px tiles (overlap 0.5);
-- ``no_vflip``: no vertical flips (horizontal flips kept);
+- ``no_random_crop``: whole 400-px patches instead of random 256-px crops of them;
+- ``tiles``: fixed 256-px tiles (overlap 0.5) instead of random 256-px crops;
+- ``no_rot90``: no quarter turns; ``no_vflip``: no vertical flips (horizontal flips kept);
 - ``atss``: max-IoU assigner (0.5 / 0.4) instead of ATSS (built-in trick);
 - ``giou``: smooth L1 on deltas (weight 1) instead of GIoU (weight 2) (built-in trick);
 - ``warmup``: no linear warmup (built-in trick);
@@ -92,17 +93,19 @@ def main() -> None:
     ]
     baseline = load_config(RECIPE, base)
     transforms = [t.model_dump() for t in baseline.data.train_transforms]
-    if baseline.data.train.tile_size is None or not any(t["type"] == "vflip" for t in transforms):
-        raise SystemExit(f"{RECIPE} no longer tiles or vflips: update this ablation")
+    types = [t["type"] for t in transforms]
+    if not {"random_crop", "rot90", "vflip"} <= set(types):
+        raise SystemExit(f"{RECIPE} no longer has random_crop, rot90 and vflip: update this")
+
+    def without(kind: str) -> str:
+        return f"data.train_transforms={json.dumps([t for t in transforms if t['type'] != kind])}"
+
+    tiles = ("data.train.tile_size=256", "data.train.tile_overlap=0.5", without("random_crop"))
     tricks = [
-        Trick("no_tiling", ("data.train.tile_size=null",), "-tiling"),
-        Trick(
-            "no_vflip",
-            (
-                f"data.train_transforms={json.dumps([t for t in transforms if t['type'] != 'vflip'])}",
-            ),
-            "-vflip",
-        ),
+        Trick("no_random_crop", (without("random_crop"),), "-random crop"),
+        Trick("tiles", tiles, "tiles for crops"),
+        Trick("no_rot90", (without("rot90"),), "-rot90"),
+        Trick("no_vflip", (without("vflip"),), "-vflip"),
         *resolve_tricks("atss,giou,warmup", baseline, args.iters),
     ]
     anchors = fitted_anchor_trick(baseline)
