@@ -14,8 +14,10 @@ txt for ultralytics).
 ultralytics (AGPL) is a benchmark-only dependency, never imported by tunedet: it runs in a
 subprocess of ``--yolo-python`` (a Python with ``ultralytics`` installed; default: this
 one). Both trainers get ``--threads`` (OMP_NUM_THREADS and torch.set_num_threads) and
-``--minutes`` of training wall time (tunedet: ``train.max_minutes``; ultralytics:
-``time=`` hours, which re-plans its epochs and LR schedule to fit). Prediction and
+``--minutes`` of training wall time (tunedet: ``train.max_minutes``, a cap on the
+recipe's own length: a recipe without ``max_iters`` re-plans its schedule to fill the
+budget, one with ``max_iters`` stops there if it is reached first; ultralytics: ``time=``
+hours, which re-plans its epochs and LR schedule to fit). Prediction and
 scoring are not in the budget. YOLOv8n is built from ``yolov8n.yaml``, no pretrained
 weights, ``imgsz`` 416 (the 400-px patches padded), its default augmentation.
 
@@ -172,8 +174,6 @@ def train_tunedet(
             f"data.train.root={patches / 'train'}",
             f"data.val={{type: voc, root: {patches / 'heldout'}}}",
             f"train.max_minutes={minutes}",
-            "train.max_iters=null",
-            "train.epochs=null",
             "train.eval_every=0",
             f"seed={seed}",
             f"threads={threads}",
