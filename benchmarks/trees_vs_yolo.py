@@ -267,6 +267,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--yolo-python", default=sys.executable)
     parser.add_argument("--skip-yolo", action="store_true")
+    parser.add_argument("--skip-tunedet", action="store_true")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("overrides", nargs="*", help="extra overrides of the tunedet recipe")
     args = parser.parse_args()
@@ -278,16 +279,18 @@ def main() -> None:
     print(f"patches in {patches}: {counts}", flush=True)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        ours = train_tunedet(
-            args.config,
-            patches,
-            work / f"tunedet_{seed}",
-            args.minutes,
-            seed,
-            args.threads,
-            args.overrides,
-        )
-        print(f"seed {seed} tunedet: {ours}", flush=True)
+        ours = None
+        if not args.skip_tunedet:
+            ours = train_tunedet(
+                args.config,
+                patches,
+                work / f"tunedet_{seed}",
+                args.minutes,
+                seed,
+                args.threads,
+                args.overrides,
+            )
+            print(f"seed {seed} tunedet: {ours}", flush=True)
         theirs = None
         if not args.skip_yolo:
             theirs = train_yolo(
@@ -309,14 +312,13 @@ def main() -> None:
     print("| seed | tunedet AP | tunedet AP50 | YOLOv8n AP | YOLOv8n AP50 | AP50 ratio |")
     print("|---|---|---|---|---|---|")
     for seed, ours, theirs in rows:
-        if theirs is None:
-            print(f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | – | – | – |")
-            continue
-        ratio = ours["AP50"] / theirs["AP50"] if theirs["AP50"] > 0 else float("inf")
-        print(
-            f"| {seed} | {ours['AP']:.3f} | {ours['AP50']:.3f} | {theirs['AP']:.3f} | "
-            f"{theirs['AP50']:.3f} | {ratio:.2f}× |"
-        )
+        cells = [
+            f"{m['AP']:.3f} | {m['AP50']:.3f}" if m is not None else "– | –" for m in (ours, theirs)
+        ]
+        ratio = "–"
+        if ours is not None and theirs is not None:
+            ratio = f"{ours['AP50'] / theirs['AP50']:.2f}×" if theirs["AP50"] > 0 else "inf"
+        print(f"| {seed} | {cells[0]} | {cells[1]} | {ratio} |")
 
 
 if __name__ == "__main__":
