@@ -90,17 +90,13 @@ def batched_soft_nms(
     work_boxes = boxes[index].float()
     current = scores[index].clone()
     groups = idxs[index]
-    alive = torch.ones(len(index), dtype=torch.bool, device=device)
     one_group = len(groups) == 0 or bool((groups == groups[0]).all())
     kept, kept_scores = [], []
     num_candidates = _CANDIDATES
+    # The working set holds only boxes still in play (score >= score_threshold, not yet
+    # selected): it is compacted after every step, so every top candidate is valid.
     while len(index):
-        ranked = torch.where(alive, current, float("-inf"))
-        values, cand = ranked.topk(min(num_candidates, len(index)))
-        valid = values >= score_threshold
-        if not bool(valid[0]):
-            break
-        cand, values = cand[valid], values[valid]
+        values, cand = current.topk(min(num_candidates, len(index)))
         # A candidate that no higher candidate of its group decays keeps its score until
         # the classic loop selects it, and it decays no higher candidate: select them all.
         pair_f = soft_nms_decay(
@@ -118,22 +114,19 @@ def batched_soft_nms(
             num_candidates = max(num_candidates // 2, _MIN_CANDIDATES)
         kept.append(index[chosen])
         kept_scores.append(values[take])
-        alive[chosen] = False
         # every selected box decays the boxes of its group (a product: order-free)
         f = soft_nms_decay(_pair_iou(work_boxes[chosen], work_boxes), method, iou_threshold, sigma)
         if not one_group:
             f = torch.where(groups[chosen][:, None] == groups[None, :], f, 1.0)
         current = current * f.prod(dim=0)
-        alive &= current >= score_threshold
-        live = alive.nonzero().flatten()
-        if len(live) < len(index):  # compact: later steps touch only the boxes still alive
-            index, work_boxes, current, groups = (
-                index[live],
-                work_boxes[live],
-                current[live],
-                groups[live],
-            )
-            alive = alive[live]
+        live = current >= score_threshold
+        live[chosen] = False
+        index, work_boxes, current, groups = (
+            index[live],
+            work_boxes[live],
+            current[live],
+            groups[live],
+        )
     if not kept:
         return torch.zeros(0, dtype=torch.long, device=device), scores.new_zeros(0)
     keep = torch.cat(kept)

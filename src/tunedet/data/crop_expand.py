@@ -129,9 +129,9 @@ class RandomCrop:
         w, h = min(self.size, width), min(self.size, height)
         x0 = int(rng.integers(0, width - w + 1))
         y0 = int(rng.integers(0, height - h + 1))
-        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
-        labels = np.zeros(len(boxes), np.int64)
-        window = crop_to_tile(boxes, labels, (x0, y0, x0 + w, y0 + h), self.min_visible)
+        window = crop_to_tile(
+            sample["boxes"], sample["labels"], (x0, y0, x0 + w, y0 + h), self.min_visible
+        )
         cropped = crop_sample(sample, (x0, y0, x0 + w, y0 + h), window.index[window.keep])
         return clip_and_filter(cropped, self.min_size)
 
