@@ -73,10 +73,17 @@ def test_tune_trains_trials_reports_evaluations_and_a_rerun_continues(
 
 def _two_workers(tmp_path: Path, space: Path, tiny_demo, storage: str, study: str) -> None:
     """Start two ``tunedet tune`` processes on one study at once; check every trial is
-    recorded once, by exactly one worker, and that the workers ran trials concurrently."""
+    recorded once, by exactly one worker, and that the workers ran trials concurrently.
+
+    Trials last a few seconds (150 iterations), so the workers' start-up stagger (a
+    fraction of a second here, more on a loaded machine) cannot let one worker finish
+    the study alone. The storage's tables are created first, as a long-lived shared
+    database would have them; the two workers still race to create the study itself."""
+    open_storage(storage)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tunedet.cli.main", "tune", "retinanet/demo", str(space)]
-    cmd += [*tiny_demo, "threads=1", "--trials", "4", "--storage", storage, "--study", study]
+    cmd += [*tiny_demo, "threads=1", "train.max_iters=150", "--trials", "4"]
+    cmd += ["--storage", storage, "--study", study]
     cmd += ["--out", str(tmp_path / "shared"), "--sampler", "random"]
     workers = [
         subprocess.Popen(
@@ -102,7 +109,8 @@ def _two_workers(tmp_path: Path, space: Path, tiny_demo, storage: str, study: st
     assert len(set(run_dirs)) == len(run_dirs)
     assert all((Path(d) / "metrics.json").is_file() for d in run_dirs)
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
-    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), "the workers never overlapped"
+    shown = [(f"{a:%H:%M:%S.%f}", f"{b:%H:%M:%S.%f}") for a, b in spans]
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), f"no overlap: {shown}"
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path: Path, space: Path, tiny_demo):
