@@ -172,9 +172,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from tunedet.analysis.draw import draw_detections
     from tunedet.data.build import load_images_for_inference
+    from tunedet.engine.test_time_augmentation import with_tta
 
     cfg = _load(args.config, args.overrides)
     model, device = _model_from_checkpoint(cfg, args.checkpoint)
+    model = with_tta(model, cfg)  # eval.tta: the image's flips too, merged
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = model.classes

@@ -193,10 +193,29 @@ class SlicedConfig(Section):
     max_dets: Annotated[int, Field(ge=1)] = 300
 
 
+class TTAConfig(Section):
+    """Test-time augmentation (engine/test_time_augmentation.py): the detector also runs
+    on the image's ``flips`` (``h``, ``v``, ``hv``) and the passes are merged by class-wise
+    NMS at ``iou_thr`` (``merge: nms``), or by NMS with each kept box's score replaced by
+    the mean over passes of its best match's score (``merge: vote``)."""
+
+    flips: Annotated[list[Literal["h", "v", "hv"]], Field(min_length=1)] = ["h"]
+    merge: Literal["nms", "vote"] = "vote"
+    iou_thr: Annotated[float, Field(gt=0, le=1)] = 0.5
+    max_dets: Annotated[int, Field(ge=1)] = 300
+
+    @model_validator(mode="after")
+    def _distinct_flips(self) -> TTAConfig:
+        if len(set(self.flips)) != len(self.flips):
+            raise ValueError(f"eval.tta.flips repeats a flip: {self.flips}")
+        return self
+
+
 class EvalConfig(Section):
     metric: Literal["coco", "voc07", "voc12"] = "coco"
     score_thr: Annotated[float, Field(ge=0, le=1)] | None = None
     sliced: SlicedConfig | None = None
+    tta: TTAConfig | None = None
 
 
 @functools.cache

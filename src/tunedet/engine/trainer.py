@@ -635,8 +635,10 @@ def predict_dataset(
     ``data.val_batch_size``). With ``world_size > 1`` only this rank's batches
     (``evaluation_batches``), each result tagged ``_batch`` (its local batch number)
     for ``merge_shards``."""
+    from tunedet.engine.test_time_augmentation import with_tta
     from tunedet.evaluation import detections_to_coco_results
 
+    model = with_tta(model, cfg)  # eval.tta: the image's flips too, merged
     if cfg.eval.sliced is not None:  # whole images through tiles (engine/sliced_inference.py)
         return sliced_predict_dataset(model, dataset, cfg, device, rank, world_size)
     batch_size = cfg.data.val_batch_size or cfg.data.batch_size
