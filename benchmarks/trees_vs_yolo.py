@@ -21,6 +21,11 @@ hours, which re-plans its epochs and LR schedule to fit). Prediction and
 scoring are not in the budget. YOLOv8n is built from ``yolov8n.yaml``, no pretrained
 weights, ``imgsz`` 416 (the 400-px patches padded), its default augmentation.
 
+Each side is scored twice: as plain single-pass inference, and with its test-time
+augmentation (tunedet: the recipe's ``eval.tta``, or flips h/v/hv with score voting when
+the recipe has none; ultralytics: ``predict(augment=True)``, its flip + scale TTA). The
+table gives the AP50 ratio for both, plain against plain and TTA against TTA.
+
     python benchmarks/trees_vs_yolo.py --minutes 15 --seeds 0,1 --yolo-python /tmp/yv/bin/python
 """
 
@@ -40,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tunedet.config.schema import TTAConfig
 from tunedet.data.build import build_dataset
 from tunedet.evaluation import coco_evaluate
 
@@ -183,13 +189,33 @@ def train_tunedet(
     torch_threads(threads)
     start = time.monotonic()
     trainer = Trainer(cfg, run, log=lambda *_: None)
-    metrics = trainer.train()  # scores the held-out patches once, after the budget
+    trainer.train()
+    wall = (time.monotonic() - start) / 60
+    plain = score_tunedet(trainer, cfg.model_copy(update={"eval": no_tta(cfg.eval)}))
+    tta = cfg.eval.tta or TTAConfig(flips=["h", "v", "hv"], merge="vote")
+    with_tta = score_tunedet(trainer, cfg.model_copy(update={"eval": no_tta(cfg.eval, tta)}))
     return {
-        "AP": metrics["AP"],
-        "AP50": metrics["AP50"],
+        "AP": plain["AP"],
+        "AP50": plain["AP50"],
+        "AP_tta": with_tta["AP"],
+        "AP50_tta": with_tta["AP50"],
         "iterations": trainer.iteration,
-        "wall_min": (time.monotonic() - start) / 60,
+        "wall_min": wall,
     }
+
+
+def no_tta(eval_cfg, tta=None):
+    """``eval_cfg`` with ``eval.tta`` replaced by ``tta`` (None: single pass)."""
+    return eval_cfg.model_copy(update={"tta": tta})
+
+
+def score_tunedet(trainer, cfg) -> dict:
+    """COCO metrics of the trained model (EMA weights when enabled) on the held-out
+    patches under ``cfg``'s evaluation settings."""
+    from tunedet.engine.trainer import evaluate_results, predict_dataset
+
+    results = predict_dataset(trainer.eval_model, trainer.val_set, cfg, trainer.device)
+    return evaluate_results(trainer.val_set.coco_ground_truth(), results, "coco")
 
 
 def torch_threads(threads: int) -> None:
@@ -209,12 +235,15 @@ YOLO_SCRIPT = textwrap.dedent(
                 plots=False, val=False, batch=16, project={project!r}, name="yolo",
                 exist_ok=True, verbose=False)
     model = YOLO({project!r} + "/yolo/weights/last.pt")
-    out = []
-    for result in model.predict(source={images!r}, imgsz=416, conf=0.001, iou=0.7,
-                                max_det=300, device="cpu", verbose=False, stream=True):
-        boxes = result.boxes
-        out.append({{"file": result.path, "boxes": boxes.xyxy.tolist(),
-                     "scores": boxes.conf.tolist(), "labels": boxes.cls.int().tolist()}})
+    out = {{}}
+    for augment in (False, True):
+        out[str(augment)] = []
+        for result in model.predict(source={images!r}, imgsz=416, conf=0.001, iou=0.7,
+                                    max_det=300, device="cpu", verbose=False, stream=True,
+                                    augment=augment):
+            boxes = result.boxes
+            out[str(augment)].append({{"file": result.path, "boxes": boxes.xyxy.tolist(),
+                                       "scores": boxes.conf.tolist()}})
     json.dump(out, open({result_file!r}, "w"))
     """
 )
@@ -241,10 +270,24 @@ def train_yolo(
     start = time.monotonic()
     subprocess.run([python, "-c", script], check=True, env=env, cwd=run)
     wall = (time.monotonic() - start) / 60
+    predictions = json.loads(result_file.read_text())
+    plain = coco_evaluate(gt, yolo_results(predictions["False"], gt))
+    tta = coco_evaluate(gt, yolo_results(predictions["True"], gt))
+    return {
+        "AP": plain["AP"],
+        "AP50": plain["AP50"],
+        "AP_tta": tta["AP"],
+        "AP50_tta": tta["AP50"],
+        "wall_min": wall,
+    }
+
+
+def yolo_results(predictions: list[dict], gt: dict) -> list[dict]:
+    """ultralytics' per-file xyxy boxes as COCO results on ``gt``'s image ids."""
     ids = {Path(im["file_name"]).stem: im["id"] for im in gt["images"]}
     category = gt["categories"][0]["id"]
     results = []
-    for item in json.loads(result_file.read_text()):
+    for item in predictions:
         image_id = ids[Path(item["file"]).stem]
         for (x0, y0, x1, y1), score in zip(item["boxes"], item["scores"], strict=True):
             results.append(
@@ -255,8 +298,7 @@ def train_yolo(
                     "score": score,
                 }
             )
-    metrics = coco_evaluate(gt, results)
-    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "wall_min": wall}
+    return results
 
 
 def main() -> None:
@@ -309,16 +351,20 @@ def main() -> None:
         f"\n{args.minutes:g} min training, {args.threads} threads, held-out patches: "
         f"{counts['heldout_patches']} ({counts['heldout_boxes']} boxes)\n"
     )
-    print("| seed | tunedet AP | tunedet AP50 | YOLOv8n AP | YOLOv8n AP50 | AP50 ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| seed | inference | tunedet AP | tunedet AP50 | YOLOv8n AP | YOLOv8n AP50 | AP50 ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for seed, ours, theirs in rows:
-        cells = [
-            f"{m['AP']:.3f} | {m['AP50']:.3f}" if m is not None else "– | –" for m in (ours, theirs)
-        ]
-        ratio = "–"
-        if ours is not None and theirs is not None:
-            ratio = f"{ours['AP50'] / theirs['AP50']:.2f}×" if theirs["AP50"] > 0 else "inf"
-        print(f"| {seed} | {cells[0]} | {cells[1]} | {ratio} |")
+        for label, suffix in (("single pass", ""), ("TTA", "_tta")):
+            ap, ap50 = f"AP{suffix}", f"AP50{suffix}"
+            cells = [
+                f"{m[ap]:.3f} | {m[ap50]:.3f}" if m is not None else "– | –" for m in (ours, theirs)
+            ]
+            ratio = "–"
+            if ours is not None and theirs is not None:
+                ratio = f"{ours[ap50] / theirs[ap50]:.2f}×" if theirs[ap50] > 0 else "inf"
+            print(f"| {seed} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
 
 
 if __name__ == "__main__":
