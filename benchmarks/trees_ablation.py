@@ -14,6 +14,8 @@ machinery of ``tunedet ablate``, ``tunedet.tuning.ablation``):
 - ``fitted_anchors``: the grid's per-level base sizes and ratio replaced by the proposal
   of ``tunedet analyze anchors`` (k-means on the training tiles' boxes, 1 - IoU); left
   out when the recipe's anchors already are that proposal.
+- ``no_tta``: the baseline's own weights scored without ``eval.tta`` (single pass); no
+  extra training.
 
 Prints the anchor fit, then one Markdown table (AP, AP50, Δ against the baseline; mean ±
 std over the seeds); writes ``OUT/ablation.md``, ``OUT/ablation.json``, ``OUT/ablation.png``.
@@ -75,6 +77,20 @@ def fitted_anchor_trick(cfg) -> Trick | None:
     )
 
 
+def rescore(run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    """COCO metrics of ``run_dir``'s final weights under its config plus ``overrides``."""
+    from tunedet.cli.main import _model_from_checkpoint
+    from tunedet.data.build import build_dataset
+    from tunedet.engine.checkpoint import latest_checkpoint
+    from tunedet.engine.trainer import evaluate_results, predict_dataset
+
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    model, device = _model_from_checkpoint(cfg, str(latest_checkpoint(run_dir)))
+    dataset = build_dataset(cfg.data.val)
+    results = predict_dataset(model, dataset, cfg, device)
+    return evaluate_results(dataset.coco_ground_truth(), results, "coco")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=600)
@@ -117,6 +133,10 @@ def main() -> None:
         print(f"{trick.change:>16}: {' '.join(trick.overrides)}", flush=True)
     print(f"{len(runs)} runs of {args.iters} iterations, {args.jobs} at a time in {out}")
     results = run_all(RECIPE, runs, args.jobs)
+    if baseline.eval.tta is not None:  # the same weights, one pass: no training needed
+        tricks.append(Trick("no_tta", ("eval.tta=null",), "-TTA (same weights)"))
+        for run in (r for r in runs if r.name == "baseline"):
+            results[("no_tta", run.seed)] = rescore(Path(run.run_dir), ["eval.tta=null"])
 
     rows = summarize(results, tricks, seeds)
     gt_images = len(list((patches / "heldout").glob("*.xml")))
