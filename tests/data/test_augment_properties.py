@@ -170,6 +170,7 @@ def test_probability_zero_is_the_identity(transform, seed, masks):
         {"type": "pad", "size_divisor": 16},
         {"type": "multi_scale", "size_range": [32, 96], "step": 32},
         {"type": "resize", "size": 64, "mode": "shorter", "max_size": 100},
+        {"type": "resize", "factor": 1.5},
     ],
 )
 def test_transforms_build_from_config_specs(spec):

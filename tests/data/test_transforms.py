@@ -138,6 +138,19 @@ def test_resize_makes_the_longer_side_size_and_scales_boxes():
     assert out["labels"].tolist() == [2, 0]
 
 
+def test_resize_by_a_factor_scales_any_image_alike_and_max_size_caps_it():
+    rng = np.random.default_rng(0)
+    out = Resize(factor=1.5)(make_sample(height=6, width=10), rng)
+    assert out["image"].shape == (9, 15, 3)
+    assert out["scale"] == pytest.approx(1.5)
+    np.testing.assert_allclose(out["boxes"], [[1.5, 3, 6, 9], [0, 0, 15, 9]])
+    capped = Resize(factor=3.0, max_size=20)(make_sample(height=6, width=10), rng)
+    assert capped["image"].shape == (12, 20, 3) and capped["scale"] == pytest.approx(2.0)
+    for bad in ({}, {"size": 20, "factor": 2.0}):
+        with pytest.raises(ValueError, match="exactly one of size or factor"):
+            Resize(**bad)
+
+
 def test_resize_twice_multiplies_scale():
     rng = np.random.default_rng(0)
     out = Resize(size=5)(Resize(size=20)(make_sample(height=6, width=10), rng), rng)

@@ -221,31 +221,41 @@ def resize_sample(sample: dict, scale: float) -> dict:
 
 @register("transform", "resize")
 class Resize:
-    """Resize keeping the aspect ratio so that the longer (or shorter) side is ``size`` px.
+    """Resize keeping the aspect ratio so that the longer (or shorter) side is ``size`` px,
+    or by a fixed ``factor`` (give one of the two).
 
     ``mode: longer`` (default): ``scale = size / max(H, W)``. ``mode: shorter``:
     ``scale = size / min(H, W)``, capped by ``max_size`` on the longer side
-    (Detectron's min_size / max_size). Boxes are multiplied by the same
-    factor, which is recorded in the sample (multiplied into an earlier
-    ``scale``), so ``box / scale`` maps back to the original image exactly;
+    (Detectron's min_size / max_size). ``factor: 2.0``: ``scale = 2`` whatever the
+    image's size (small objects enlarged; also capped by ``max_size``). Boxes are
+    multiplied by the same factor, which is recorded in the sample (multiplied into an
+    earlier ``scale``), so ``box / scale`` maps back to the original image exactly;
     the image side is ``round(side * scale)`` (bilinear).
     """
 
     def __init__(
         self,
-        size: Annotated[int, Field(ge=1)],
+        size: Annotated[int, Field(ge=1)] | None = None,
         mode: Literal["longer", "shorter"] = "longer",
         max_size: Annotated[int, Field(ge=1)] | None = None,
+        factor: Annotated[float, Field(gt=0)] | None = None,
     ) -> None:
+        if (size is None) == (factor is None):
+            raise ValueError("resize needs exactly one of size or factor")
         self.size = size
         self.mode = mode
         self.max_size = max_size
+        self.factor = factor
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         height, width = sample["image"].shape[:2]
-        return resize_sample(
-            sample, resize_scale(height, width, self.size, self.mode, self.max_size)
-        )
+        if self.factor is None:
+            scale = resize_scale(height, width, self.size, self.mode, self.max_size)
+        else:
+            scale = self.factor
+            if self.max_size is not None:
+                scale = min(scale, self.max_size / max(height, width))
+        return resize_sample(sample, scale)
 
 
 @register("transform", "multi_scale")

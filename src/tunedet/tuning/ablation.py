@@ -66,7 +66,7 @@ def _with_hflip(cfg: Any, iters: int) -> list[str]:
 
 def _input_size(cfg: Any) -> int:
     for t in _train_transforms(cfg):
-        if t["type"] == "resize":
+        if t["type"] == "resize" and t["size"] is not None:
             return int(t["size"])
     return int(getattr(cfg.data.train, "image_size", 640))
 
