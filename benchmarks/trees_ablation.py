@@ -5,7 +5,8 @@ training patches of ``benchmarks/trees_vs_yolo.py`` and scored by the COCO evalu
 its held-out 400-px patches. Each row changes one part of the baseline alone (the
 machinery of ``tunedet ablate``, ``tunedet.tuning.ablation``):
 
-- ``no_random_crop``: whole 400-px patches instead of random 256-px crops of them;
+- ``no_upscale``: no ``resize`` (training and evaluation at the patches' own scale);
+- ``no_random_crop``: whole (resized) patches instead of random 256-px crops of them;
 - ``tiles``: fixed 256-px tiles (overlap 0.5) instead of random 256-px crops;
 - ``no_rot90``: no quarter turns; ``no_vflip``: no vertical flips (horizontal flips kept);
 - ``atss``: max-IoU assigner (0.5 / 0.4) instead of ATSS (built-in trick);
@@ -20,7 +21,8 @@ machinery of ``tunedet ablate``, ``tunedet.tuning.ablation``):
 Prints the anchor fit, then one Markdown table (AP, AP50, Δ against the baseline; mean ±
 std over the seeds); writes ``OUT/ablation.md``, ``OUT/ablation.json``, ``OUT/ablation.png``.
 
-    python benchmarks/trees_ablation.py --iters 600 --seeds 0 --threads 1 \\
+    python benchmarks/trees_ablation.py --iters 600 --seeds 0,1 --threads 1 --jobs 2 \\
+        [--only no_upscale,no_rot90] \\
         [--patches DIR]  # DIR/train, DIR/heldout as written by trees_vs_yolo.py
 """
 
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--patches", default=None, help="folder with train/, heldout/")
     parser.add_argument("--out", default="runs/ablate/trees_patches_fast")
+    parser.add_argument("--only", default=None, help="comma-separated trick names to run")
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -124,9 +127,19 @@ def main() -> None:
         Trick("no_vflip", (without("vflip"),), "-vflip"),
         *resolve_tricks("atss,giou,warmup", baseline, args.iters),
     ]
+    if "resize" in types:  # the enlargement, in training and in evaluation
+        val = [t.model_dump() for t in baseline.data.val_transforms if t.type != "resize"]
+        no_resize = (without("resize"), f"data.val_transforms={json.dumps(val)}")
+        tricks.insert(0, Trick("no_upscale", no_resize, "-resize (native scale)"))
     anchors = fitted_anchor_trick(baseline)
     if anchors is not None:
         tricks.append(anchors)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {t.name for t in tricks} - {"no_tta"})
+        if unknown:
+            raise SystemExit(f"--only: no trick {', '.join(unknown)} here")
+        tricks = [t for t in tricks if t.name in wanted]
     out = Path(args.out)
     runs = plan_runs(RECIPE, base, tricks, seeds, args.iters, out, args.threads)
     for trick in tricks:
