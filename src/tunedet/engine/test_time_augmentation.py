@@ -98,6 +98,8 @@ class FlipTTA:
         self.max_dets = max_dets
 
     def __getattr__(self, name: str) -> Any:  # classes, num_classes, ... of the detector
+        if name == "detector":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.detector, name)
 
     def eval(self) -> FlipTTA:
