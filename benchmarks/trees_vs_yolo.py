@@ -191,29 +191,25 @@ def train_tunedet(
     trainer = Trainer(cfg, run, log=lambda *_: None)
     trainer.train()
     wall = (time.monotonic() - start) / 60
-    plain = score_tunedet(trainer, cfg.model_copy(update={"eval": no_tta(cfg.eval)}))
     tta = cfg.eval.tta or TTAConfig(flips=["h", "v", "hv"], merge="vote")
-    with_tta = score_tunedet(trainer, cfg.model_copy(update={"eval": no_tta(cfg.eval, tta)}))
     return {
-        "AP": plain["AP"],
-        "AP50": plain["AP50"],
-        "AP_tta": with_tta["AP"],
-        "AP50_tta": with_tta["AP50"],
+        **plain_and_tta(score_tunedet(trainer, cfg, None), score_tunedet(trainer, cfg, tta)),
         "iterations": trainer.iteration,
         "wall_min": wall,
     }
 
 
-def no_tta(eval_cfg, tta=None):
-    """``eval_cfg`` with ``eval.tta`` replaced by ``tta`` (None: single pass)."""
-    return eval_cfg.model_copy(update={"tta": tta})
+def plain_and_tta(plain: dict, tta: dict) -> dict:
+    """AP and AP50 of the single-pass and the TTA scoring, side by side."""
+    return {"AP": plain["AP"], "AP50": plain["AP50"], "AP_tta": tta["AP"], "AP50_tta": tta["AP50"]}
 
 
-def score_tunedet(trainer, cfg) -> dict:
+def score_tunedet(trainer, cfg, tta) -> dict:
     """COCO metrics of the trained model (EMA weights when enabled) on the held-out
-    patches under ``cfg``'s evaluation settings."""
+    patches, with ``eval.tta`` set to ``tta`` (None: a single pass)."""
     from tunedet.engine.trainer import evaluate_results, predict_dataset
 
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tta": tta})})
     results = predict_dataset(trainer.eval_model, trainer.val_set, cfg, trainer.device)
     return evaluate_results(trainer.val_set.coco_ground_truth(), results, "coco")
 
@@ -273,13 +269,7 @@ def train_yolo(
     predictions = json.loads(result_file.read_text())
     plain = coco_evaluate(gt, yolo_results(predictions["False"], gt))
     tta = coco_evaluate(gt, yolo_results(predictions["True"], gt))
-    return {
-        "AP": plain["AP"],
-        "AP50": plain["AP50"],
-        "AP_tta": tta["AP"],
-        "AP50_tta": tta["AP50"],
-        "wall_min": wall,
-    }
+    return {**plain_and_tta(plain, tta), "wall_min": wall}
 
 
 def yolo_results(predictions: list[dict], gt: dict) -> list[dict]:

@@ -188,12 +188,20 @@ class RandomRotate90:
 
 
 def resize_scale(
-    height: int, width: int, size: int, mode: str = "longer", max_size: int | None = None
+    height: int,
+    width: int,
+    size: int | None,
+    mode: str = "longer",
+    max_size: int | None = None,
+    factor: float | None = None,
 ) -> float:
     """The resize factor: ``size / max(H, W)`` (``longer``) or ``size / min(H, W)``
-    (``shorter``, Detectron's MIN_SIZE), then capped so the longer side is at most
-    ``max_size`` (Detectron's MAX_SIZE)."""
-    scale = size / (max(height, width) if mode == "longer" else min(height, width))
+    (``shorter``, Detectron's MIN_SIZE), or ``factor`` itself when given, then capped so
+    the longer side is at most ``max_size`` (Detectron's MAX_SIZE)."""
+    if factor is not None:
+        scale = factor
+    else:
+        scale = size / (max(height, width) if mode == "longer" else min(height, width))
     if max_size is not None:
         scale = min(scale, max_size / max(height, width))
     return scale
@@ -249,12 +257,7 @@ class Resize:
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         height, width = sample["image"].shape[:2]
-        if self.factor is None:
-            scale = resize_scale(height, width, self.size, self.mode, self.max_size)
-        else:
-            scale = self.factor
-            if self.max_size is not None:
-                scale = min(scale, self.max_size / max(height, width))
+        scale = resize_scale(height, width, self.size, self.mode, self.max_size, self.factor)
         return resize_sample(sample, scale)
 
 

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
+from tunedet.boxes.formats import clip_boxes
+
 FLIP_DIMS = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
 
@@ -35,9 +37,7 @@ def flip_boxes_back(boxes: Tensor, flip: str, height: int, width: int) -> Tensor
 
 
 def _clip_to_image(pred: dict[str, Tensor], height: int, width: int) -> dict[str, Tensor]:
-    boxes = pred["boxes"].clone()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    boxes = clip_boxes(pred["boxes"], (height, width))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return {"boxes": boxes[keep], "scores": pred["scores"][keep], "labels": pred["labels"][keep]}
 
