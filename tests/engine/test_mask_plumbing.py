@@ -5,6 +5,7 @@ stats; a dataset without masks is refused in one line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,36 @@ def test_ddp_loss_forward_passes_gt_masks_only_when_given():
             return {"zero": images.sum() * 0}
 
     assert set(LossForward(BoxDetector())(images, boxes, labels)) == {"zero"}
+
+
+def test_trainer_passes_unpadded_image_sizes_to_a_detector_that_needs_them(tmp_path):
+    """A two-stage detector (``needs_image_sizes``) gets the batch's unpadded
+    ``image_sizes``; a one-stage detector's ``loss`` is called without them."""
+    calls = []
+
+    class SizeDetector(RecordingMaskDetector):
+        needs_masks = False
+        needs_image_sizes = True
+
+        def loss(self, images, gt_boxes, gt_labels, image_sizes=None):
+            calls.append(image_sizes)
+            return {"fit": (self.weight - images.mean().detach()) ** 2}
+
+    trainer = Trainer(load_config("retinanet/demo", TINY), tmp_path, log=lambda *a, **k: None)
+    batch = next(iter(trainer._train_loader()))
+    batch = replace(batch, image_sizes=torch.tensor([[64, 64], [40, 48]]))
+    trainer.model = SizeDetector()
+    trainer._micro_losses(batch)
+    assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([[64, 64], [40, 48]]))
+
+    class BoxOnly(RecordingMaskDetector):
+        needs_masks = False
+
+        def loss(self, images, gt_boxes, gt_labels):  # takes no image_sizes
+            return {"fit": (self.weight - images.mean().detach()) ** 2}
+
+    trainer.model = BoxOnly()
+    assert set(trainer._micro_losses(batch)) == {"fit"}
 
 
 def test_lr_finder_and_speed_benchmark_pass_gt_masks(monkeypatch):

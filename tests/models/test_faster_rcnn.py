@@ -297,6 +297,40 @@ def test_loss_works_without_any_gt_in_the_batch():
     assert losses["rpn_box"] == 0 and losses["rcnn_box"] == 0 and losses["rcnn_cls"] > 0
 
 
+def test_training_proposals_are_clipped_to_each_unpadded_image(monkeypatch):
+    """Image 1 is 48 x 40 px padded into a 96 x 96 batch: with ``image_sizes`` its training
+    proposals stay inside 48 x 40 (the RoI head sees them so); without, inside the batch."""
+    torch.manual_seed(0)
+    model = build_detector(tiny_spec())
+    with torch.no_grad():  # large deltas, so that unclipped proposals would leave the image
+        for p in model.rpn.parameters():
+            p.mul_(20)
+    seen = []
+    original = model.roi_head.loss
+
+    def recording_loss(feats, proposals, valid, image_sizes, gt_boxes, gt_labels):
+        seen.append((proposals.clone(), valid.clone(), image_sizes.clone()))
+        return original(feats, proposals, valid, image_sizes, gt_boxes, gt_labels)
+
+    monkeypatch.setattr(model.roi_head, "loss", recording_loss)
+    images = torch.randn(2, 3, 96, 96)
+    images[1, :, 48:] = 0
+    images[1, :, :, 40:] = 0
+    gt_boxes, gt_labels = gt_batch()
+    gt_boxes[1, 0] = torch.tensor([5.0, 6.0, 35.0, 40.0])
+    sizes = torch.tensor([[96, 96], [48, 40]])
+    model.loss(images, gt_boxes, gt_labels, image_sizes=sizes)
+    model.loss(images, gt_boxes, gt_labels)
+    (clipped, valid, passed), (padded, padded_valid, full) = seen
+    assert torch.equal(passed, sizes) and torch.equal(full, torch.tensor([[96, 96], [96, 96]]))
+    inside = clipped[1][valid[1]]
+    assert len(inside) > 0 and inside[:, 2].max() <= 40 and inside[:, 3].max() <= 48
+    assert clipped[0][valid[0]][:, 2:].max() > 48  # image 0 keeps its whole 96 px
+    outside = padded[1][padded_valid[1]]
+    assert (outside[:, 2] > 40).any() or (outside[:, 3] > 48).any()
+    assert outside[:, 2:].max() <= 96
+
+
 # --- config -------------------------------------------------------------------------------
 
 

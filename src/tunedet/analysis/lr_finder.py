@@ -98,6 +98,7 @@ def run_lr_finder(
     from tunedet.engine.optim import build_optimizer, clip_gradients
     from tunedet.engine.trainer import resolve_device, seed_everything
     from tunedet.models import build_detector
+    from tunedet.models.detectors import loss_extras
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -132,8 +133,8 @@ def run_lr_finder(
             batch = next(batches)
         batch = batch.to(device)
         optimizer.zero_grad(set_to_none=True)
-        masks = {"gt_masks": batch.gt_masks} if getattr(model, "needs_masks", False) else {}
-        total = sum(model.loss(batch.images, batch.gt_boxes, batch.gt_labels, **masks).values())
+        extras = loss_extras(model, batch)
+        total = sum(model.loss(batch.images, batch.gt_boxes, batch.gt_labels, **extras).values())
         loss = float(total.detach())
         if not math.isfinite(loss):
             losses.append(math.nan)

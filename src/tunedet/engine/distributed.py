@@ -135,25 +135,19 @@ def barrier() -> None:
 
 
 class LossForward(nn.Module):
-    """``forward(images, gt_boxes, gt_labels[, gt_masks]) = detector.loss(...)``: DDP
+    """``forward(images, gt_boxes, gt_labels, **extras) = detector.loss(...)``: DDP
     synchronises the gradients of what runs inside its wrapped module's ``forward``, and a
-    detector's training entry point is ``loss``. ``gt_masks`` (a mask detector's, see
-    ``needs_masks``) is passed on only when given."""
+    detector's training entry point is ``loss``. ``extras`` (``gt_masks``,
+    ``image_sizes``: ``models.detectors.loss_extras``) are passed on as given."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
         self.detector = detector
 
     def forward(
-        self,
-        images: Tensor,
-        gt_boxes: Tensor,
-        gt_labels: Tensor,
-        gt_masks: Tensor | None = None,
+        self, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor, **extras: Tensor
     ) -> dict[str, Tensor]:
-        if gt_masks is None:
-            return self.detector.loss(images, gt_boxes, gt_labels)
-        return self.detector.loss(images, gt_boxes, gt_labels, gt_masks=gt_masks)
+        return self.detector.loss(images, gt_boxes, gt_labels, **extras)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

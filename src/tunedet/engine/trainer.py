@@ -71,6 +71,7 @@ from tunedet.engine.optim import apply_l1_penalty, build_optimizer, clip_gradien
 from tunedet.engine.sliced_inference import sliced_predict_dataset
 from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
 from tunedet.models import build_detector
+from tunedet.models.detectors import loss_extras
 from tunedet.models.pretrained import init_detector
 
 
@@ -381,9 +382,9 @@ class Trainer:
 
     def _micro_losses(self, batch: Any) -> dict[str, torch.Tensor]:
         compute = self.ddp if self.ddp is not None else self.model.loss
-        masks = {"gt_masks": batch.gt_masks} if self.needs_masks else {}
+        extras = loss_extras(self.model, batch)
         with autocast(self.cfg.train.amp, self.amp_device):
-            losses = compute(batch.images, batch.gt_boxes, batch.gt_labels, **masks)
+            losses = compute(batch.images, batch.gt_boxes, batch.gt_labels, **extras)
             if self.distiller is not None:
                 losses = {**losses, "distill": self.distiller.loss(batch.images)}
         return losses

@@ -30,6 +30,7 @@ class FasterRCNN(nn.Module):
     passes_strides = False
     background_logit = False
     two_stage = True
+    needs_image_sizes = True  # the trainer passes the unpadded sizes to loss
 
     # sub-specs a config may leave out (the paper's choices; read by config/schema.py)
     default_components = {"rpn": {"type": "rpn"}, "roi_head": {"type": "standard"}}
@@ -54,14 +55,22 @@ class FasterRCNN(nn.Module):
         return self.neck(self.backbone(images))
 
     def box_losses(
-        self, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+        self,
+        images: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        image_sizes: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], list[Tensor], SampledRois]:
         """The four losses, the neck's maps and the RoI head's sampled positives.
 
-        Training sees no unpadded image sizes: proposals are clipped to the padded batch.
+        Proposals are clipped to each image's unpadded ``image_sizes (B, 2)`` (h, w), and
+        the RPN's ``straddle_thresh`` measures against them; without them, the padded
+        batch is every image's size.
         """
         feats = self.features(images)
-        image_sizes = torch.tensor(images.shape[-2:], device=images.device).expand(len(images), 2)
+        if image_sizes is None:
+            image_sizes = torch.tensor(images.shape[-2:], device=images.device)
+            image_sizes = image_sizes.expand(len(images), 2)
         gt_boxes = gt_boxes.float()
         if gt_labels.shape[1] == 0:  # keep gathers valid; a padded slot never matches
             gt_boxes = gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4)
@@ -74,10 +83,17 @@ class FasterRCNN(nn.Module):
         )
         return {**losses, **rcnn_losses}, feats, sampled
 
-    def loss(self, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> dict[str, Tensor]:
-        """images: (B, 3, H, W); gt_boxes: (B, M, 4) xyxy px; gt_labels: (B, M), -1 padding
+    def loss(
+        self,
+        images: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        image_sizes: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """images: (B, 3, H, W); gt_boxes: (B, M, 4) xyxy px; gt_labels: (B, M), -1 padding;
+        image_sizes: (B, 2) (h, w) unpadded, or None for the padded size
         → ``{"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}``."""
-        return self.box_losses(images, gt_boxes, gt_labels)[0]
+        return self.box_losses(images, gt_boxes, gt_labels, image_sizes)[0]
 
     @torch.no_grad()
     def detect(

@@ -42,13 +42,19 @@ class MaskRCNN(FasterRCNN):
         self.mask_head = mask_head
 
     def loss(
-        self, images: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_masks: Tensor | None = None
+        self,
+        images: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_masks: Tensor | None = None,
+        image_sizes: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """images: (B, 3, H, W); gt_boxes: (B, M, 4) xyxy px; gt_labels: (B, M), -1 padding;
-        gt_masks: (B, M, H, W) {0, 1} → Faster R-CNN's four terms and ``"mask"``."""
+        gt_masks: (B, M, H, W) {0, 1}; image_sizes: (B, 2) (h, w) unpadded, or None
+        → Faster R-CNN's four terms and ``"mask"``."""
         if gt_masks is None:
             raise ValueError("mask_rcnn trains on instance masks: the batch has no gt_masks")
-        losses, feats, sampled = self.box_losses(images, gt_boxes, gt_labels)
+        losses, feats, sampled = self.box_losses(images, gt_boxes, gt_labels, image_sizes)
         logits = self.mask_head(feats, sampled.rois)
         targets = mask_targets(
             gt_masks,

@@ -65,8 +65,8 @@ class RPN(nn.Module):
     in training). ``min_size``: proposals need width and height above it (input pixels).
     ``straddle_thresh``: anchors reaching more than this many pixels past the image take no
     loss (Detectron's RPN_STRADDLE_THRESH; ``None`` keeps all, as Detectron2 and
-    torchvision do). The loss does not know the unpadded image sizes, so training clips
-    and straddles against the padded batch.
+    torchvision do). Clipping and straddling use each image's unpadded size, which the
+    trainer passes to the detector's ``loss`` (``needs_image_sizes``).
     """
 
     # read by models/build.py's combination checks (the RPN owns its assigner and sampler)
