@@ -24,6 +24,7 @@ std over the seeds); writes ``OUT/ablation.md``, ``OUT/ablation.json``, ``OUT/ab
     python benchmarks/trees_ablation.py --iters 600 --seeds 0,1 --threads 1 --jobs 2 \\
         [--only no_upscale,no_rot90] \\
         [--patches DIR]  # DIR/train, DIR/heldout as written by trees_vs_yolo.py
+        [--validation]   # or score on the validation split, for choosing a recipe
 """
 
 from __future__ import annotations
@@ -100,12 +101,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--patches", default=None, help="folder with train/, heldout/")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="write the validation split (trees_vs_yolo.make_patches): score on patches "
+        "of the training part, never on the held-out third",
+    )
     parser.add_argument("--out", default="runs/ablate/trees_patches_fast")
     parser.add_argument("--only", default=None, help="comma-separated trick names to run")
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    patches = patches_folder(args.patches)
+    patches = patches_folder(args.patches, args.validation)
     base = [
         f"data.train.root={patches / 'train'}",
         f"data.val={{type: voc, root: {patches / 'heldout'}}}",

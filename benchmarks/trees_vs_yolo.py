@@ -118,22 +118,34 @@ def _full_image(stem: str):
     return sample["image"], sample["boxes"]
 
 
-def make_patches(out: Path) -> dict[str, int]:
-    """Write ``out/train`` and ``out/heldout`` (png + VOC xml + YOLO txt); returns counts."""
+def make_patches(out: Path, validation: bool = False) -> dict[str, int]:
+    """Write ``out/train`` and ``out/heldout`` (png + VOC xml + YOLO txt); returns counts.
+
+    ``validation``: a split for choosing a recipe without looking at the held-out patches.
+    Its ``heldout/`` is three 400-px patches flush with the *left* edge of the held-out
+    third (x from 2/3 W - 400, the rows as above), and its ``train/`` keeps only the YELL
+    windows that end before them (plus OSBS and SOAP). No pixel of the real held-out third
+    is in either folder.
+    """
     counts = {"train_patches": 0, "train_boxes": 0, "heldout_patches": 0, "heldout_boxes": 0}
     image, boxes = _full_image(YELL)
     height, width = image.shape[:2]
     split_x = int(round(width * 2 / 3))
+    scored_x = width - PATCH
+    if validation:
+        scored_x = split_x - PATCH
+        split_x = scored_x
     for y0 in _windows(0, height, PATCH, PATCH // 2):
         for x0 in _windows(0, split_x, PATCH, PATCH // 2):
             crop, crop_boxes = _crop(image, boxes, x0, y0, PATCH)
             _write_patch(out / "train", f"yell_{x0}_{y0}", crop, crop_boxes)
             counts["train_patches"] += 1
             counts["train_boxes"] += len(crop_boxes)
-        # held out: flush with the right edge, three rows
+    # scored: flush with the held-out third's right edge (or, for validation, the
+    # training part's), three rows
     for y0 in sorted({0, (height - PATCH) // 2, height - PATCH}):
-        crop, crop_boxes = _crop(image, boxes, width - PATCH, y0, PATCH)
-        _write_patch(out / "heldout", f"yell_{width - PATCH}_{y0}", crop, crop_boxes)
+        crop, crop_boxes = _crop(image, boxes, scored_x, y0, PATCH)
+        _write_patch(out / "heldout", f"yell_{scored_x}_{y0}", crop, crop_boxes)
         counts["heldout_patches"] += 1
         counts["heldout_boxes"] += len(crop_boxes)
     for stem in ("OSBS_029", "SOAP_061"):
@@ -145,9 +157,9 @@ def make_patches(out: Path) -> dict[str, int]:
     return counts
 
 
-def patches_folder(patches: str | None) -> Path:
+def patches_folder(patches: str | None, validation: bool = False) -> Path:
     """``patches`` (a folder with train/ and heldout/ written by ``make_patches``), or
-    freshly written ones in a new temporary folder."""
+    freshly written ones (the ``validation`` split if asked) in a new temporary folder."""
     if patches:
         folder = Path(patches)
         for split in ("train", "heldout"):
@@ -155,7 +167,7 @@ def patches_folder(patches: str | None) -> Path:
                 raise ValueError(f"--patches {folder}: no {split}/ folder of VOC patches")
         return folder
     folder = Path(tempfile.mkdtemp(prefix="trees_patches_"))
-    print(f"patches in {folder}: {make_patches(folder)}", flush=True)
+    print(f"patches in {folder}: {make_patches(folder, validation)}", flush=True)
     return folder
 
 
