@@ -161,8 +161,9 @@ def main() -> None:
     rows = summarize(results, tricks, seeds)
     gt_images = len(list((patches / "heldout").glob("*.xml")))
     table = format_table(rows, seeds, args.iters)
+    scored = "validation" if args.validation else "held-out"
     print(
-        f"\n`{RECIPE}`, batch {baseline.data.batch_size}, scored on the {gt_images} held-out "
+        f"\n`{RECIPE}`, batch {baseline.data.batch_size}, scored on the {gt_images} {scored} "
         f"patches of {patches}\n"
     )
     print(table)
