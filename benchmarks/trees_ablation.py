@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablate/trees_patches_fast")
     parser.add_argument("--only", default=None, help="comma-separated trick names to run")
     args = parser.parse_args()
+    if args.validation and args.patches:  # the table would call DIR's patches validation
+        parser.error("--validation writes its own patches: leave out --patches")
 
     seeds = [int(s) for s in args.seeds.split(",")]
     patches = patches_folder(args.patches, args.validation)
