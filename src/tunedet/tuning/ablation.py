@@ -320,7 +320,9 @@ def plot_ablation(rows: list[dict[str, Any]], n_seeds: int, out: Path) -> Path:
         ax.axhline(rows[0][metric], color="black", ls="--", lw=1)
         ax.set_xticks(list(x), labels, rotation=30, ha="right")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric}, mean ± std over {n_seeds} seed(s); dashed: baseline", loc="left")
+        ax.set_title(metric, loc="left")
+    # one figure title: the two panels' own titles ran into each other on narrow figures
+    fig.suptitle(f"mean ± std over {n_seeds} seed(s); dashed: baseline")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
