@@ -4,12 +4,19 @@ contents, gradient accumulation, bf16 autocast, channels_last, early stopping, f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from tunedet.config.loader import load_config
+from tunedet.config.loader import load_config, validate
+from tunedet.engine.checkpoint import (
+    CheckpointError,
+    checkpoint_class_names,
+    checkpoint_config,
+    load_checkpoint,
+)
 from tunedet.engine.finite_guard import NonFiniteLossError
 from tunedet.engine.trainer import Trainer
 
@@ -80,6 +87,22 @@ def test_run_directory_has_resolved_config_metrics_and_checkpoint(tmp_path: Path
     assert list((tmp_path / "tb").iterdir())
     reloaded = load_config(tmp_path / "config.yaml")
     assert reloaded.model_dump() == trainer.cfg.model_dump()
+
+
+def test_checkpoint_carries_resolved_config_class_names_and_run_id(tmp_path: Path):
+    trainer = Trainer(tiny_config("train.max_iters=2", "data.val=null"), tmp_path, log=quiet)
+    trainer.train()
+    state = load_checkpoint(tmp_path / "checkpoints" / "iter_0000002.pt")
+    config = checkpoint_config(state)
+    assert type(config) is dict and validate(config).model_dump() == trainer.cfg.model_dump()
+    assert (
+        state["class_names"] == list(trainer.train_set.classes) == ["circle", "square", "triangle"]
+    )
+    assert checkpoint_class_names(state) == state["class_names"]
+    assert re.fullmatch(r"[0-9a-f]{12}", state["run_id"]) and state["run_id"] == trainer.run_id
+    # a checkpoint without a config is refused in one line naming it
+    with pytest.raises(CheckpointError, match="other.pt carries no config"):
+        checkpoint_config({"model": {}}, "other.pt")
 
 
 def test_nan_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path, monkeypatch):

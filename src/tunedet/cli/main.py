@@ -62,7 +62,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _model_from_checkpoint(cfg, checkpoint: str):
     import torch
 
-    from tunedet.engine.checkpoint import load_checkpoint, load_model_state
+    from tunedet.engine.checkpoint import (
+        checkpoint_class_names,
+        load_checkpoint,
+        load_model_state,
+    )
     from tunedet.engine.trainer import resolve_device
     from tunedet.models import build_detector
     from tunedet.models.pretrained import skip_backbone_init
@@ -76,7 +80,7 @@ def _model_from_checkpoint(cfg, checkpoint: str):
     # A run with EMA is evaluated (and used) with its averaged weights, as in training.
     weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
     load_model_state(model, weights)
-    model.classes = state.get("classes")  # class names, saved by the trainer
+    model.classes = checkpoint_class_names(state)  # class names, saved by the trainer
     model.eval()
     return model, device
 

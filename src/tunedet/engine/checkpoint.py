@@ -1,6 +1,9 @@
 """Atomic checkpoints, safe loading, and the RNG state needed for a bit-exact resume.
 
-Layout of a run: ``<run_dir>/checkpoints/iter_0001000.pt``. A file is written to a
+Layout of a run: ``<run_dir>/checkpoints/iter_0001000.pt``. Besides the training state
+a checkpoint carries what using it needs without the config file: ``"config"`` (the
+resolved config as a plain dict), ``"class_names"`` (list of str) and ``"run_id"`` (the
+identity of the run that wrote it). A file is written to a
 temporary name in the same folder, fsynced, then renamed over the target, so a
 crash leaves either the old file or the new one, never half of one. Loading uses
 ``torch.load(weights_only=True)``: a checkpoint holds only tensors and plain
@@ -15,12 +18,15 @@ import random
 import re
 import shutil
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from pydantic import BaseModel
 from torch import nn
 
 CHECKPOINT_DIR = "checkpoints"
@@ -34,6 +40,39 @@ class CheckpointError(ValueError):
 def checkpoint_path(run_dir: str | os.PathLike, iteration: int) -> Path:
     """``<run_dir>/checkpoints/iter_{iteration:07d}.pt``."""
     return Path(run_dir) / CHECKPOINT_DIR / f"iter_{iteration:07d}.pt"
+
+
+def new_run_id() -> str:
+    """A fresh run identity (12 hex digits), stored in every checkpoint of the run."""
+    return uuid.uuid4().hex[:12]
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """The resolved config as a plain dict (str keys; lists, numbers, str, None), the form
+    a checkpoint's ``"config"`` entry takes."""
+    return yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def checkpoint_config(state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> dict:
+    """The resolved config stored in a checkpoint's ``"config"`` entry, as a plain dict
+    (checkpoints of earlier versions stored its YAML text); ``CheckpointError`` naming
+    ``path`` when the checkpoint carries none."""
+    config = state.get("config")
+    if isinstance(config, str):
+        config = yaml.safe_load(config)
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path} carries no config (a checkpoint not written by tunedet train?): "
+            "give the config file"
+        )
+    return config
+
+
+def checkpoint_class_names(state: dict[str, Any]) -> list[str] | None:
+    """The class names stored in a checkpoint (``"class_names"``; ``"classes"`` in
+    checkpoints of earlier versions), or None."""
+    names = state.get("class_names", state.get("classes"))
+    return [str(name) for name in names] if isinstance(names, list) else None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -49,8 +49,10 @@ from tunedet.engine.amp import autocast, check_amp, grad_scaler, model_device
 from tunedet.engine.checkpoint import (
     CheckpointError,
     checkpoints_newest_first,
+    config_to_dict,
     load_checkpoint,
     load_model_state,
+    new_run_id,
     remove_stale_temp_files,
     rng_state,
     save_checkpoint,
@@ -243,6 +245,7 @@ class Trainer:
         self.iteration = 0
         self.skipped_steps = 0
         self.last_checkpoint: str | None = None
+        self.run_id = new_run_id()  # a resume takes the checkpoint's
 
     def _build_schedule(self) -> LRSchedule:
         return schedule_from_config(self.cfg, self.base_lr, self.max_iters)
@@ -261,8 +264,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
-            "config": config_to_yaml(self.cfg),
-            "classes": list(self.train_set.classes),
+            "config": config_to_dict(self.cfg),
+            "class_names": list(self.train_set.classes),
+            "run_id": self.run_id,
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -342,6 +346,7 @@ class Trainer:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise CheckpointError(f"checkpoint {path} does not fit this run ({reason})") from None
         self.iteration = state["iteration"]
+        self.run_id = str(state.get("run_id") or self.run_id)
         time_budget = self.cfg.train.max_iters is None and self.cfg.train.epochs is None
         if time_budget and int(state.get("max_iters", self.max_iters)) != self.max_iters:
             self.max_iters = int(state["max_iters"])
