@@ -61,6 +61,21 @@ def test_multistep_policy_milestone_boundaries():
     )
 
 
+def detectron_steps_with_decay(base_lr, gamma, steps, max_iter, cur_iter):
+    """Detectron's lr_func_steps_with_decay / get_step_index (detectron/utils/lr_policy.py)."""
+    assert steps[0] == 0
+    ind = next(i for i, step in enumerate([*steps, max_iter]) if cur_iter < step)
+    return base_lr * gamma ** (ind - 1)
+
+
+@pytest.mark.parametrize("it", [0, 1, 59_999, 60_000, 60_001, 79_999, 80_000, 89_999])
+def test_multistep_with_detectrons_leading_zero_matches_detectron(it):
+    # configs/12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml
+    policy = MultiStepLR(steps=(0, 60_000, 80_000), gamma=0.1, max_iters=90_000)
+    expected = detectron_steps_with_decay(0.02, 0.1, [0, 60_000, 80_000], 90_000, it)
+    assert 0.02 * policy.factor(it) == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize("steps", [(300, 150), (100, 100), (-1, 10)])
 def test_multistep_policy_rejects_unordered_or_negative_steps(steps):
     with pytest.raises(ValueError, match="steps"):

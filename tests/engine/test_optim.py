@@ -8,6 +8,7 @@ from tunedet.engine.lr_schedule import ConstantLR, LRSchedule
 from tunedet.engine.optim import (
     AdaBound,
     adabound,
+    adadelta,
     adagrad,
     adam,
     adamw,
@@ -189,6 +190,24 @@ def test_rmsprop_step_matches_hand_computation():
     assert quadratic_steps(opt, w, 1) == pytest.approx(expected, abs=1e-12)
 
 
+def test_adadelta_three_steps_match_the_papers_update():
+    w = nn.Parameter(torch.tensor(W0, dtype=torch.float64))
+    opt = adadelta([w], lr=0.5, rho=0.9, eps=1e-6, weight_decay=0.1)
+    # Zeiler 2012, Algorithm 1 (scaled by lr): E[g²] ← ρE[g²] + (1−ρ)g²,
+    # Δ = −sqrt(E[Δ²] + ε)/sqrt(E[g²] + ε)·g, E[Δ²] ← ρE[Δ²] + (1−ρ)Δ², w ← w + lr·Δ
+    expected = []
+    for x in W0:
+        eg = ed = 0.0
+        for _ in range(3):
+            g = 1.1 * x
+            eg = 0.9 * eg + 0.1 * g * g
+            delta = -math.sqrt(ed + 1e-6) / math.sqrt(eg + 1e-6) * g
+            ed = 0.9 * ed + 0.1 * delta * delta
+            x = x + 0.5 * delta
+        expected.append(x)
+    assert quadratic_steps(opt, w, 3) == pytest.approx(expected, abs=1e-12)
+
+
 def adabound_reference(w0, steps, lr, b1, b2, final_lr, gamma, eps, amsbound=False):
     out = []
     for w in w0:
@@ -298,7 +317,9 @@ def test_auto_scale_lr_applies_the_linear_scaling_rule():
     assert linear_scaled_lr(0.01, 64, 16) == pytest.approx(0.04)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adabound"])
+@pytest.mark.parametrize(
+    "name", ["sgd", "adam", "adamw", "adagrad", "adadelta", "rmsprop", "adabound"]
+)
 def test_every_optimizer_builds_from_the_schema_and_takes_a_step(name):
     from tunedet.config.schema import component_model
 

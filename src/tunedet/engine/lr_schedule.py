@@ -80,7 +80,11 @@ class StepLR:
 
 @register("lr_policy", "multistep", injected=("max_iters",))
 class MultiStepLR:
-    """Detectron's steps_with_decay: gamma^k, k = number of milestones <= it."""
+    """Detectron's steps_with_decay: gamma^k, k = number of milestones <= it.
+
+    A leading 0 is the start of the first interval, not a milestone, as in Detectron
+    (``STEPS: [0, 60000, 80000]``: the base lr until 60000, then ×0.1, then ×0.01).
+    """
 
     def __init__(
         self,
@@ -88,7 +92,8 @@ class MultiStepLR:
         gamma: Annotated[float, Field(gt=0)] = 0.1,
         max_iters: int | None = None,
     ):
-        self.steps = _check_steps(steps, "multistep")
+        steps = _check_steps(steps, "multistep")
+        self.steps = steps[1:] if steps and steps[0] == 0 else steps
         self.gamma = gamma
         self.max_iters = max_iters
 

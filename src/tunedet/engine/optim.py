@@ -291,6 +291,32 @@ def rmsprop(
     )
 
 
+@register("optimizer", "adadelta", injected=COMMON_INJECTED)
+def adadelta(
+    params: Any,
+    lr: LearningRate = 1.0,
+    rho: Beta = 0.9,
+    eps: Epsilon = 1e-6,
+    weight_decay: Decay = 0.0,
+    norm_decay: Decay = 0.0,
+    bias_decay: Decay = 0.0,
+    param_multipliers: Multipliers | None = None,
+    l1: Decay = 0.0,
+    auto_scale_lr: bool = False,
+    base_batch: PositiveInt = 16,
+    batch_size: int | None = None,
+) -> torch.optim.Adadelta:
+    """Adadelta (Zeiler 2012): Δw = −lr · sqrt(E[Δw²] + eps) / sqrt(E[g²] + eps) · g.
+
+    Both running averages decay with ``rho``; ``lr`` only scales the step (1.0 in the paper).
+    """
+    groups, lr = _setup(
+        params, lr, weight_decay, norm_decay, bias_decay, param_multipliers, l1,
+        auto_scale_lr, base_batch, batch_size,
+    )  # fmt: skip
+    return torch.optim.Adadelta(groups, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+
+
 class AdaBound(torch.optim.Optimizer):
     """AdaBound / AMSBound (Luo et al. 2019): Adam whose per-coordinate step size is
     clipped into ``[lower(t), upper(t)]``, bounds that both converge to ``final_lr``:
