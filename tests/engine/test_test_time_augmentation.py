@@ -16,7 +16,9 @@ from tunedet.engine.test_time_augmentation import (
     FlipTTA,
     flip_boxes_back,
     merge_passes,
+    rescale_batch,
     vote_scores,
+    weighted_boxes_fusion,
     with_tta,
 )
 
@@ -130,11 +132,123 @@ def test_a_box_one_pass_alone_reports_is_down_weighted_by_vote():
     assert merge_passes([lone, empty], "nms", 0.5, 100)["scores"].tolist() == pytest.approx([0.8])
 
 
+def wbf_reference(passes, iou_thr):
+    """Weighted boxes fusion written from the paper's steps, one label at a time, in
+    Python floats: (box, score, label) triples."""
+    total = len(passes)
+    items = [
+        (p["boxes"][j].tolist(), float(p["scores"][j]), int(p["labels"][j]))
+        for p in passes
+        for j in range(len(p["boxes"]))
+    ]
+    out = []
+    for label in sorted({lab for _, _, lab in items}):
+        members = sorted((it for it in items if it[2] == label), key=lambda it: -it[1])
+        clusters, fused = [], []
+        for box, score, _ in members:
+            ious = [box_iou(torch.tensor([box]), torch.tensor([f])).item() for f in fused]
+            best = max(range(len(ious)), key=ious.__getitem__) if ious else None
+            if best is None or ious[best] <= iou_thr:
+                clusters.append([(box, score)])
+                fused.append(box)
+                continue
+            clusters[best].append((box, score))
+            weight = sum(s for _, s in clusters[best])
+            fused[best] = [sum(s * b[c] for b, s in clusters[best]) / weight for c in range(4)]
+        for members_k, box in zip(clusters, fused, strict=True):
+            mean = sum(s for _, s in members_k) / len(members_k)
+            out.append((box, mean * min(len(members_k), total) / total, label))
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_weighted_boxes_fusion_equals_a_brute_force_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    base = _random_pass(g, 12)
+    passes = []
+    for _ in range(4):  # jittered copies of the same objects, some dropped, some extra
+        keep = torch.rand(12, generator=g) < 0.8
+        jitter = torch.randn(12, 4, generator=g, dtype=torch.float64) * 1.5
+        extra = _random_pass(g, 3)
+        passes.append(
+            {
+                "boxes": torch.cat([(base["boxes"] + jitter)[keep], extra["boxes"]]),
+                "scores": torch.cat([torch.rand(12, generator=g, dtype=torch.float64)[keep],
+                                     extra["scores"]]),
+                "labels": torch.cat([base["labels"][keep], extra["labels"]]),
+            }
+        )  # fmt: skip
+    got = weighted_boxes_fusion(passes, 0.55)
+    want = sorted(wbf_reference(passes, 0.55), key=lambda it: -it[1])
+    assert len(got["boxes"]) == len(want) < sum(len(p["boxes"]) for p in passes)
+    torch.testing.assert_close(
+        got["scores"], torch.tensor([w[1] for w in want], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        got["boxes"], torch.tensor([w[0] for w in want], dtype=torch.float64)
+    )
+    assert got["labels"].tolist() == [w[2] for w in want]
+
+
+def test_weighted_boxes_fusion_closed_form_for_two_passes():
+    a = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]),
+         "labels": torch.tensor([1])}  # fmt: skip
+    b = {"boxes": torch.tensor([[1.0, 1.0, 11.0, 11.0]]), "scores": torch.tensor([0.3]),
+         "labels": torch.tensor([1])}  # fmt: skip
+    fused = merge_passes([a, b, {k: v[:0] for k, v in a.items()}], "wbf", 0.5, 100)
+    # weights 0.9 and 0.3: x0 = 0.3·1/1.2 = 0.25; score = mean 0.6 · min(2, 3) / 3 = 0.4
+    torch.testing.assert_close(fused["boxes"], torch.tensor([[0.25, 0.25, 10.25, 10.25]]))
+    assert fused["scores"].tolist() == pytest.approx([0.4])
+    other_label = {**b, "labels": torch.tensor([0])}
+    assert len(merge_passes([a, other_label], "wbf", 0.5, 100)["boxes"]) == 2
+
+
+def test_rescale_batch_pads_to_the_divisor_and_reports_its_factors():
+    images = torch.rand(2, 3, 64, 96)
+    scaled, sy, sx = rescale_batch(images, 1.3, 32)
+    assert scaled.shape[-2:] == (96, 128)
+    assert (sy, sx) == (83 / 64, 125 / 96)
+    assert scaled[..., 83:, :].abs().sum() == 0 and scaled[..., 125:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("merge", ["nms", "vote", "wbf"])
+def test_scaled_passes_map_back_onto_the_image(merge):
+    class Checked(BrightBlobDetector):
+        calls = []
+
+        def predict(self, images, image_sizes):
+            assert images.shape[-1] % 32 == 0 and images.shape[-2] % 32 == 0
+            self.calls.append(tuple(images.shape[-2:]))
+            return super().predict(images, image_sizes)
+
+    images = torch.zeros(1, 3, 64, 96)
+    images[0, :, 10:30, 30:62] = 0.9
+    sizes = torch.tensor([[64, 90]])
+    tta = FlipTTA(Checked(), ["h"], merge=merge, scales=[0.5, 1.0, 2.0])
+    merged = tta.predict(images, sizes)[0]
+    assert sorted(set(Checked.calls)) == [(32, 64), (64, 96), (128, 192)]
+    assert len(Checked.calls) == 6  # 3 scales x (plain + h)
+    assert len(merged["boxes"]) == 1
+    torch.testing.assert_close(
+        merged["boxes"][0], torch.tensor([30.0, 10.0, 62.0, 30.0], dtype=torch.float64),
+        atol=1.0, rtol=0,
+    )  # fmt: skip
+
+
 def test_config_knob_validates_and_wraps(tiny_demo):
     with pytest.raises(ConfigError, match="eval.tta.flips"):
         load_config("retinanet/demo", [*tiny_demo, "eval.tta={flips: [h, vh]}"])
     with pytest.raises(ConfigError, match="repeats a flip"):
         load_config("retinanet/demo", [*tiny_demo, "eval.tta={flips: [h, h]}"])
+    with pytest.raises(ConfigError, match="no pass besides"):
+        load_config("retinanet/demo", [*tiny_demo, "eval.tta={flips: []}"])
+    with pytest.raises(ConfigError, match="eval.tta.scales"):
+        load_config("retinanet/demo", [*tiny_demo, "eval.tta={scales: [0]}"])
+    cfg = load_config(
+        "retinanet/demo", [*tiny_demo, "eval.tta={flips: [], scales: [1, 1.5], merge: wbf}"]
+    )
+    wrapped = with_tta(BrightBlobDetector(), cfg)
+    assert wrapped.scales == [1.0, 1.5] and wrapped.merge == "wbf" and wrapped.flips == []
     cfg = load_config("retinanet/demo", [*tiny_demo, "eval.tta={flips: [h, v], merge: nms}"])
     wrapped = with_tta(BrightBlobDetector(), cfg)
     assert isinstance(wrapped, FlipTTA) and wrapped.flips == ["h", "v"]

@@ -195,19 +195,26 @@ class SlicedConfig(Section):
 
 class TTAConfig(Section):
     """Test-time augmentation (engine/test_time_augmentation.py): the detector also runs
-    on the image's ``flips`` (``h``, ``v``, ``hv``) and the passes are merged by class-wise
-    NMS at ``iou_thr`` (``merge: nms``), or by NMS with each kept box's score replaced by
-    the mean over passes of its best match's score (``merge: vote``)."""
+    on the image's ``flips`` (``h``, ``v``, ``hv``; may be empty) and at each of ``scales``
+    (the image resized by that factor; ``[1.0]``: the image as it is), and the passes are
+    merged by class-wise NMS at ``iou_thr`` (``merge: nms``), by NMS with each kept box's
+    score replaced by the mean over passes of its best match's score (``merge: vote``), or
+    by weighted boxes fusion (Solovyev et al. 2019; ``merge: wbf``)."""
 
-    flips: Annotated[list[Literal["h", "v", "hv"]], Field(min_length=1)] = ["h"]
-    merge: Literal["nms", "vote"] = "vote"
+    flips: list[Literal["h", "v", "hv"]] = ["h"]
+    scales: Annotated[list[Annotated[float, Field(gt=0, le=8)]], Field(min_length=1)] = [1.0]
+    merge: Literal["nms", "vote", "wbf"] = "vote"
     iou_thr: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_dets: Annotated[int, Field(ge=1)] = 300
 
     @model_validator(mode="after")
-    def _distinct_flips(self) -> TTAConfig:
+    def _distinct_passes(self) -> TTAConfig:
         if len(set(self.flips)) != len(self.flips):
             raise ValueError(f"eval.tta.flips repeats a flip: {self.flips}")
+        if len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"eval.tta.scales repeats a scale: {self.scales}")
+        if not self.flips and self.scales == [1.0]:
+            raise ValueError("eval.tta: no pass besides the image itself (set flips or scales)")
         return self
 
 
