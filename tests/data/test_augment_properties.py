@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from tunedet.config.registry import REGISTRIES, build
 from tunedet.config.schema import component_model
 from tunedet.data import (
+    RICAP,
     CopyPaste,
+    CutMix,
     Cutout,
     Expand,
     MinIoURandomCrop,
@@ -82,6 +84,8 @@ SPECS = [
     (Mosaic, {"p": 1.0, "size": 64}),
     (MixUp, {"p": 1.0}),
     (CopyPaste, {"p": 1.0, "max_objects": 3}),
+    (RICAP, {"p": 1.0, "size": 48}),
+    (CutMix, {"p": 1.0}),
     (Pad, {"size_divisor": 32}),
 ]
 TRANSFORMS = [cls(**kwargs) for cls, kwargs in SPECS]
@@ -128,7 +132,7 @@ def check_sample(out: dict, masks: bool, unique_ids: bool = True) -> None:
 def test_boxes_stay_inside_with_positive_area_and_aligned_labels_and_masks(transform, seed, masks):
     sample = with_context(random_sample(seed, masks), seed, masks)
     out = transform(sample, np.random.default_rng(seed))
-    check_sample(out, masks, unique_ids=not isinstance(transform, Mosaic))
+    check_sample(out, masks, unique_ids=not isinstance(transform, (Mosaic, RICAP)))
     for key in ("image", "boxes", "labels"):  # the input is not modified
         assert np.array_equal(sample[key], random_sample(seed, masks)[key])
 
@@ -167,6 +171,8 @@ def test_probability_zero_is_the_identity(transform, seed, masks):
         {"type": "mosaic", "size": 96},
         {"type": "mixup", "alpha": 8.0},
         {"type": "copy_paste", "max_objects": 2},
+        {"type": "ricap", "size": 64},
+        {"type": "cutmix", "alpha": 2.0},
         {"type": "pad", "size_divisor": 16},
         {"type": "multi_scale", "size_range": [32, 96], "step": 32},
         {"type": "resize", "size": 64, "mode": "shorter", "max_size": 100},
@@ -176,4 +182,4 @@ def test_probability_zero_is_the_identity(transform, seed, masks):
 def test_transforms_build_from_config_specs(spec):
     transform = build("transform", component_model("transform", spec["type"])(**spec))
     out = transform(with_context(random_sample(3, True), 3, True), np.random.default_rng(0))
-    check_sample(out, True, unique_ids=spec["type"] != "mosaic")
+    check_sample(out, True, unique_ids=spec["type"] not in ("mosaic", "ricap"))

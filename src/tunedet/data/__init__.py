@@ -10,6 +10,7 @@ from tunedet.data.coco_writer import write_coco
 from tunedet.data.crop_expand import Expand, MinIoURandomCrop, RandomCrop
 from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
 from tunedet.data.mixing import CopyPaste, MixUp, Mosaic
+from tunedet.data.patch_mixing import RICAP, CutMix
 from tunedet.data.photometric import Cutout, PhotometricDistortion, RandomErasing
 from tunedet.data.samplers import EpochBatchSampler, aspect_groups, repeat_factors
 from tunedet.data.synthetic import SHAPES, SyntheticShapes
@@ -29,12 +30,14 @@ from tunedet.data.yolo import YOLODataset
 
 __all__ = [
     "FULL_CHECK_LIMIT",
+    "RICAP",
     "SHAPES",
     "AnnotatedImageDataset",
     "BadInputReport",
     "CocoDataset",
     "Compose",
     "CopyPaste",
+    "CutMix",
     "Cutout",
     "DataError",
     "DetectionBatch",
