@@ -20,6 +20,7 @@ from tunedet.data import (
     CutMix,
     Cutout,
     Expand,
+    MinBoxArea,
     MinIoURandomCrop,
     MixUp,
     Mosaic,
@@ -86,6 +87,7 @@ SPECS = [
     (CopyPaste, {"p": 1.0, "max_objects": 3}),
     (RICAP, {"p": 1.0, "size": 48}),
     (CutMix, {"p": 1.0}),
+    (MinBoxArea, {"min_area": 30.0}),
     (Pad, {"size_divisor": 32}),
 ]
 TRANSFORMS = [cls(**kwargs) for cls, kwargs in SPECS]

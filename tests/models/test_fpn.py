@@ -68,3 +68,18 @@ def test_fpn_with_group_norm_has_norm_layers_and_no_conv_bias():
     neck = FPN([8, 16], [8, 16], out_channels=16, num_outs=2, norm="gn")
     assert isinstance(neck.output_convs[0].norm, torch.nn.GroupNorm)
     assert neck.output_convs[0].conv.bias is None
+
+
+def test_zero_init_lateral_starts_every_level_as_the_upsampled_top():
+    torch.manual_seed(0)
+    fpn = FPN([4, 8, 16], [8, 16, 32], out_channels=6, num_outs=3, zero_init_lateral=True)
+    assert all((p == 0).all() for m in fpn.lateral_convs[:-1] for p in m.parameters())
+    assert fpn.lateral_convs[-1][0].weight.abs().sum() > 0  # Detectron zeroes all but the top
+    feats = [torch.randn(1, c, 32 // s * 4, 32 // s * 4) for c, s in ((4, 1), (8, 2), (16, 4))]
+    outs = fpn(feats)
+    top = fpn.lateral_convs[-1](feats[-1])
+    for level in range(3):
+        up = torch.nn.functional.interpolate(top, size=feats[level].shape[-2:], mode="nearest")
+        torch.testing.assert_close(outs[level], fpn.output_convs[level](up))
+    default = FPN([4, 8, 16], [8, 16, 32], out_channels=6, num_outs=3)
+    assert default.lateral_convs[0][0].weight.abs().sum() > 0

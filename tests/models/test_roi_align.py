@@ -1,6 +1,8 @@
 """MultiLevelRoIAlign against torchvision's MultiScaleRoIAlign and LevelMapper, and the
 sparse-matrix formulation of RoIAlign against torchvision.ops.roi_align."""
 
+import math
+
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
@@ -121,3 +123,49 @@ def test_sparse_rejects_adaptive_sampling_and_auto_falls_back_to_torchvision():
 def test_multi_level_roi_align_rejects_strides_that_are_not_consecutive_levels():
     with pytest.raises(ValueError, match="consecutive powers of two"):
         MultiLevelRoIAlign(7, 2, [4, 16])
+
+
+def roi_pool_reference(feature, roi, size, scale):
+    """Fast R-CNN's RoIPool (roi_pooling_layer.cpp) in Python: the RoI rounded to the
+    feature grid, split into ``size`` × ``size`` bins of floor/ceil extent, max per bin
+    (0 for an empty bin)."""
+    _, channels, height, width = feature.shape
+    batch, x1, y1, x2, y2 = roi.tolist()
+    x1, y1, x2, y2 = (round(v * scale) for v in (x1, y1, x2, y2))
+    roi_h, roi_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+    out = torch.zeros(channels, size, size, dtype=feature.dtype)
+    for ph in range(size):
+        for pw in range(size):
+            hs = min(max(math.floor(ph * roi_h / size) + y1, 0), height)
+            he = min(max(math.ceil((ph + 1) * roi_h / size) + y1, 0), height)
+            ws = min(max(math.floor(pw * roi_w / size) + x1, 0), width)
+            we = min(max(math.ceil((pw + 1) * roi_w / size) + x1, 0), width)
+            if he > hs and we > ws:
+                out[:, ph, pw] = feature[int(batch), :, hs:he, ws:we].amax(dim=(1, 2))
+    return out
+
+
+def test_multi_level_roi_pool_equals_fast_rcnn_roi_pooling_on_each_rois_level():
+    g = torch.Generator().manual_seed(5)
+    num_images, height, width = 2, 128, 96
+    feats = random_feats(g, num_images, height, width, dtype=torch.float64)
+    boxes = [random_boxes(g, n, height, width, dtype=torch.float64) for n in (9, 7)]
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1)
+         for i, b in enumerate(boxes)]
+    )  # fmt: skip
+    pooler = MultiLevelRoIAlign(7, 2, STRIDES, canonical_scale=32, mode="roi_pool")
+    ours = pooler(feats, rois)
+    levels = fpn_levels(rois[:, 1:], 4, 32, 2, 5) - 2
+    assert len(set(levels.tolist())) > 2
+    for k, level in enumerate(levels.tolist()):
+        want = roi_pool_reference(feats[level], rois[k], 7, 1 / STRIDES[level])
+        torch.testing.assert_close(ours[k], want, rtol=0, atol=0)
+
+
+def test_roi_head_pooler_key_selects_roi_pool():
+    from tunedet.config.loader import load_config
+    from tunedet.models import build_detector
+
+    cfg = load_config("faster_rcnn/demo", ["model.roi_head.pooler=roi_pool"])
+    assert build_detector(cfg.model.model_dump()).roi_head.pooler.mode == "roi_pool"

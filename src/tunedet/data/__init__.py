@@ -5,6 +5,7 @@ Importing this package registers the ``dataset`` and ``transform`` components.
 
 from tunedet.data.annotated_images import FULL_CHECK_LIMIT, AnnotatedImageDataset, ImageRecord
 from tunedet.data.bad_input import BadInputReport, DataError
+from tunedet.data.box_filters import MinBoxArea
 from tunedet.data.coco import CocoDataset
 from tunedet.data.coco_writer import write_coco
 from tunedet.data.crop_expand import Expand, MinIoURandomCrop, RandomCrop
@@ -44,6 +45,7 @@ __all__ = [
     "EpochBatchSampler",
     "Expand",
     "ImageRecord",
+    "MinBoxArea",
     "MinIoURandomCrop",
     "MixUp",
     "Mosaic",

@@ -30,9 +30,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+from torchvision.ops import roi_align, roi_pool
 
 RoIAlignImpl = Literal["auto", "torchvision", "sparse"]
+PoolerMode = Literal["roi_align", "roi_pool"]
 
 
 def fpn_levels(
@@ -165,7 +166,9 @@ class MultiLevelRoIAlign(nn.Module):
     first; their log2 are the levels, e.g. strides 4…32 are levels 2–5); ``rois (P, 5)``
     ``[batch_index, x1, y1, x2, y2]`` in image pixels. ``sampling_ratio`` ≤ 0 is
     roi_align's adaptive ``ceil(size / S)`` (``torchvision`` only); ``aligned`` shifts by
-    half a pixel (Detectron2's ROIAlignV2).
+    half a pixel (Detectron2's ROIAlignV2). ``mode="roi_pool"`` pools with Fast R-CNN's
+    quantised max pooling instead (``torchvision.ops.roi_pool``, Detectron's ``RoIPoolF``;
+    ``sampling_ratio``, ``aligned`` and ``impl`` do not apply).
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class MultiLevelRoIAlign(nn.Module):
         canonical_scale: float = 224.0,
         aligned: bool = False,
         impl: RoIAlignImpl = "auto",
+        mode: PoolerMode = "roi_align",
     ):
         super().__init__()
         levels = [math.log2(s) for s in strides]
@@ -199,6 +203,7 @@ class MultiLevelRoIAlign(nn.Module):
         self.canonical_scale = canonical_scale
         self.aligned = aligned
         self.impl = impl
+        self.mode = mode
 
     def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         if len(feats) != len(self.strides):
@@ -220,6 +225,9 @@ class MultiLevelRoIAlign(nn.Module):
             if len(index) == 0:
                 continue
             feature = feature.to(rois.dtype)  # boxes keep full precision under AMP
+            if self.mode == "roi_pool":
+                out[index] = roi_pool(feature, rois[index], size, 1.0 / stride)
+                continue
             args = (rois[index], size, 1.0 / stride, self.sampling_ratio, self.aligned)
             if self._sparse(feature):
                 out[index] = roi_align_sparse(feature, *args)
@@ -236,5 +244,6 @@ class MultiLevelRoIAlign(nn.Module):
         return (
             f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, "
             f"levels={self.min_level}-{self.max_level}, canonical_level={self.canonical_level}, "
-            f"canonical_scale={self.canonical_scale}, aligned={self.aligned}, impl={self.impl}"
+            f"canonical_scale={self.canonical_scale}, aligned={self.aligned}, impl={self.impl}, "
+            f"mode={self.mode}"
         )

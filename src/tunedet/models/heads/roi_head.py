@@ -26,7 +26,12 @@ from torchvision.ops import batched_nms
 
 from tunedet.config.registry import register
 from tunedet.engine.distributed import mean_count_over_ranks
-from tunedet.models.heads.roi_align import MultiLevelRoIAlign, RoIAlignImpl, pooled_levels
+from tunedet.models.heads.roi_align import (
+    MultiLevelRoIAlign,
+    PoolerMode,
+    RoIAlignImpl,
+    pooled_levels,
+)
 from tunedet.models.heads.rpn import image_limits
 from tunedet.models.postprocess import split_per_image
 
@@ -73,7 +78,9 @@ class StandardRoIHead(nn.Module):
     RoIs pool from levels ``roi_min_level``–``roi_max_level`` (P2–P5) with ``k0 =
     canonical_level``, ``s0 = canonical_scale``; ``pooler_resolution`` × itself bins,
     ``sampling_ratio`` points per bin side (0: adaptive), ``aligned`` half-pixel shift,
-    ``roi_align_impl`` as in ``roi_align.py`` (``auto``: the sparse form on CPU). ``bg_iou_lo``: proposals whose best IoU is
+    ``roi_align_impl`` as in ``roi_align.py`` (``auto``: the sparse form on CPU);
+    ``pooler: roi_pool`` uses Fast R-CNN's quantised max pooling instead of RoIAlign
+    (Detectron's ``RoIPoolF``). ``bg_iou_lo``: proposals whose best IoU is
     below it are not used as background (Detectron's BG_THRESH_LO). Samplers that rank by
     loss (``ohem``) see each candidate RoI's loss from a gradient-free pass of the head
     over all of them. Prediction: softmax scores (sigmoid with a sigmoid ``cls_loss``),
@@ -124,6 +131,7 @@ class StandardRoIHead(nn.Module):
         roi_min_level: Annotated[int, Field(ge=0)] = 2,
         roi_max_level: Annotated[int, Field(ge=0)] = 5,
         roi_align_impl: RoIAlignImpl = "auto",
+        pooler: PoolerMode = "roi_align",
         mlp_dim: Annotated[int, Field(ge=1)] = 1024,
         class_agnostic: bool = False,
         bg_iou_lo: Fraction = 0.0,
@@ -162,6 +170,7 @@ class StandardRoIHead(nn.Module):
             canonical_scale=canonical_scale,
             aligned=aligned,
             impl=roi_align_impl,
+            mode=pooler,
         )
         self.fc6 = nn.Linear(in_channels * pooler_resolution**2, mlp_dim)
         self.fc7 = nn.Linear(mlp_dim, mlp_dim)

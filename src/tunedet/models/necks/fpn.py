@@ -11,7 +11,9 @@ torchvision's ``LastLevelMaxPool``).
 
 Weight init (``init``): ``xavier_uniform`` (mmdetection's), or ``kaiming_uniform``:
 ``kaiming_uniform_(a=1)``, i.e. ``U(±sqrt(3 / fan_in))``, torchvision's FPN and
-Detectron2's ``c2_xavier_fill``; biases start at 0 either way.
+Detectron2's ``c2_xavier_fill``; biases start at 0 either way. ``zero_init_lateral``
+starts the lateral 1×1 convs of every level but the top at 0 (Detectron's
+``FPN.ZERO_INIT_LATERAL``): each ``P_i`` then begins as the upsampled top level.
 """
 
 from typing import Annotated, Literal
@@ -43,6 +45,7 @@ class FPN(nn.Module):
         extra_type: Literal["conv", "maxpool"] = "conv",
         norm: NormKind = "none",
         init: Literal["xavier_uniform", "kaiming_uniform"] = "xavier_uniform",
+        zero_init_lateral: bool = False,
     ):
         super().__init__()
         if len(in_channels) != len(in_strides) or not in_channels:
@@ -83,6 +86,10 @@ class FPN(nn.Module):
                 ConvNormAct(source_channels, out_channels, 3, stride=2, norm=norm, act="none")
             )
         self._init_weights(init)
+        if zero_init_lateral:  # Detectron: add_topdown_lateral's ConstantFill(0)
+            for lateral in self.lateral_convs[:-1]:
+                for param in lateral.parameters():
+                    nn.init.zeros_(param)
 
     def _init_weights(self, init: str) -> None:
         for m in self.modules():
