@@ -71,6 +71,7 @@ from tunedet.engine.lr_schedule import (
 from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardLogger
 from tunedet.engine.optim import apply_l1_penalty, build_optimizer, clip_gradients
 from tunedet.engine.sliced_inference import sliced_predict_dataset
+from tunedet.engine.time_budget import TimeBudget
 from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
 from tunedet.models import build_detector
 from tunedet.models.detectors import loss_extras
@@ -244,6 +245,7 @@ class Trainer:
         self.schedule = self._build_schedule()
         self.iteration = 0
         self.skipped_steps = 0
+        self.time_budget: TimeBudget | None = None
         self.last_checkpoint: str | None = None
         self.run_id = new_run_id()  # a resume takes the checkpoint's
 
@@ -482,6 +484,7 @@ class Trainer:
         start = time.monotonic()
         start_iter = self.iteration
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.time_budget = None  # a wall-time plan per run of the loop
         self.model.train()
         loader = iter(self._train_loader())
         stopping = self.early_stop is not None and self.early_stop.stopped
@@ -547,13 +550,15 @@ class Trainer:
     def _out_of_time(self, start: float, start_iter: int, budget: float, bar: tqdm) -> bool:
         """True once ``budget`` seconds have passed; rank 0's clock decides for all ranks."""
         elapsed = distributed.broadcast_object(time.monotonic() - start)
-        done = self.iteration - start_iter
-        if self.cfg.train.max_iters is None and self.cfg.train.epochs is None and done == 20:
-            # Re-plan the schedule's length once from the measured speed.
-            per_iter = elapsed / done
-            self.max_iters = self.iteration + max(1, int((budget - elapsed) / per_iter))
-            self.schedule = self._build_schedule()
-            bar.total = self.max_iters
+        if self.cfg.train.max_iters is None and self.cfg.train.epochs is None:
+            # The schedule's length, planned and re-planned from the speed (time_budget.py).
+            if self.time_budget is None:
+                self.time_budget = TimeBudget(budget)
+            planned = self.time_budget.plan(self.iteration - start_iter, self.iteration, elapsed)
+            if planned is not None and planned != self.max_iters:
+                self.max_iters = planned
+                self.schedule = self._build_schedule()
+                bar.total = self.max_iters
         return elapsed >= budget
 
     # --- evaluation ----------------------------------------------------------------------
