@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tunedet.fit.fingerprint import Fingerprint, fingerprint_from_coco, guess_overhead
-from tunedet.fit.rules import (
+from tunedet.tuning.fingerprint import Fingerprint, fingerprint_from_coco, guess_overhead
+from tunedet.tuning.fit_rules import (
     DetectorGeometry,
     anchors_rule,
     assigner_rule,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from tunedet.analysis.anchors import coverage, kmeans_wh, wh_iou
-from tunedet.fit.fingerprint import Fingerprint
+from tunedet.tuning.fingerprint import Fingerprint
 
 MIN_FACTOR, MAX_FACTOR = 0.125, 4.0
 MAX_IMAGE_SIDE = 2048  # the resize cap of the scaled images (training and evaluation)

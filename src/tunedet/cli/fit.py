@@ -1,0 +1,59 @@
+"""``tunedet fit DATA [--budget 15m] [--out DIR]``: a detector configured for DATA by
+measurement (``tunedet.tuning.fit``): fingerprint, rules, a small multi-fidelity search,
+the final training within the wall-time budget; writes ``OUT/recipe.yaml`` (which
+``tunedet train`` reproduces), ``OUT/report.html`` and ``OUT/fit.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from tunedet.tuning.fit import fit, parse_budget
+
+    parse_budget(args.budget)  # a bad budget fails before the data is read
+    result = fit(
+        args.data,
+        budget=args.budget,
+        out=args.out,
+        val=args.val,
+        overhead=args.overhead,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        storage=args.storage,
+        search=not args.no_search,
+        progress=args.progress,
+    )
+    print(json.dumps({k: round(v, 4) for k, v in result.metrics.items() if "/" not in k}))
+    return 0
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="configure and train a detector for a dataset within a wall-time budget",
+        description=(
+            "Fingerprint DATA, set the recipe's knobs by rules (each stated with its "
+            "measurement), search the knobs the rules leave open, train the final model "
+            "with the rest of the budget. DATA: a COCO .json, a VOC folder or a data.yaml."
+        ),
+    )
+    p.add_argument("data", help="COCO .json, VOC folder, or ultralytics data.yaml")
+    p.add_argument("--budget", default="15m", help="wall time up to the final model: 15m, 90s, 1h")
+    p.add_argument("--out", default="runs/fit", help="output folder (default: runs/fit)")
+    p.add_argument("--val", help="validation data (default: data.yaml's val, else held out)")
+    p.add_argument(
+        "--overhead",
+        choices=["yes", "no", "auto"],
+        default="auto",
+        help="is the imagery seen from above (rotations valid)? auto: guessed and stated",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, search and training")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--storage", help="study storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--no-search", action="store_true", help="train the rules' recipe only")
+    p.add_argument("--progress", action="store_true", help="progress bar for the final training")
+    p.set_defaults(func=cmd_fit)

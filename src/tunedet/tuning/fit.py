@@ -1,0 +1,498 @@
+"""``tunedet fit DATA --budget 15m``: a detector configured for the data by measurement.
+
+As nnU-Net (Isensee et al. 2021): a dataset fingerprint (``fingerprint.py``) → rules
+that set the knobs from it (``fit_rules.py``) → a small empirical choice where the rules
+leave one → the final training. In order, all inside the wall-time budget:
+
+1. read DATA (``fit_data.py``), hold out a seeded validation split when none is given;
+2. fingerprint the training part; apply the data rules to the ``retinanet/demo`` recipe;
+3. time a few steps, then the LR finder (Smith 2017) for the base LR (skipped, and said
+   so, when the budget is too short for it);
+4. a multi-fidelity Optuna study over the knobs the rules leave open (the LR around the
+   finder's, the scale around the rule's, horizontal flips for imagery that is not
+   overhead): trials of ``T`` iterations evaluated at ``T/3``, ``2T/3`` and ``T`` on
+   the validation split, successive halving (Jamieson & Talwalkar 2016; reduction
+   factor 3, first rung ``T/3``) stopping the weaker ones. The first trial is the rules'
+   recipe unchanged. The study is stored in ``OUT/study.db`` (or ``--storage``, e.g.
+   PostgreSQL): a re-run continues it, and its trials count against the budget again
+   only when run;
+5. the final training of the best trial's recipe with all the budget left
+   (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py);
+6. outside the budget: the final evaluation on the validation split, with and without
+   flip TTA (kept if it paid), the recipe as ``OUT/recipe.yaml`` (``tunedet train``
+   reproduces it) and the report ``OUT/report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunedet.tuning.fingerprint import Fingerprint, Overhead, fingerprint_from_coco
+from tunedet.tuning.fit_rules import (
+    DetectorGeometry,
+    Rule,
+    data_rules,
+    lr_rule,
+    schedule_rule,
+    tta_rule,
+)
+
+BASE_RECIPE = "retinanet/demo"
+FINDER_SHARE = 0.08  # of the budget, at most, for the LR finder
+FINDER_ITERS = (15, 50)  # fewer steps than the first: no finder
+SEARCH_SHARE = 0.3  # of the budget left after the LR finder
+TRIALS_TARGET = 8  # trials the search is sized for (pruned ones cost a third)
+MIN_TRIAL_ITERS = 30  # shorter trials would rank nothing: no search
+SCALE_CHOICES = (0.71, 1.0, 1.41)  # the scale rule's factor times these
+LR_RANGE = (1 / 3, 3.0)  # the LR finder's LR times these (log-uniform)
+METRIC = "AP50"
+
+
+def parse_budget(text: str | float) -> float:
+    """Seconds of ``"15m"``, ``"90s"``, ``"1.5h"`` or a bare number of minutes."""
+    if isinstance(text, int | float):
+        seconds = float(text) * 60
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
+        if not match:
+            raise ValueError(f"--budget {text!r}: give a duration such as 15m, 90s or 1.5h")
+        value, unit = float(match.group(1)), match.group(2) or "m"
+        seconds = value * {"s": 1, "m": 60, "h": 3600}[unit]
+    if seconds <= 0:
+        raise ValueError(f"--budget must be positive, got {text!r}")
+    return seconds
+
+
+class Clock:
+    """The budget's wall clock, started at fit's start."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    @property
+    def left(self) -> float:
+        return self.seconds - self.elapsed
+
+
+@dataclass
+class FitResult:
+    """What fit did: the rules, the search, the final run and where it all is."""
+
+    out: Path
+    rules: list[Rule]
+    fingerprint: Fingerprint
+    recipe: Path
+    checkpoint: str | None
+    metrics: dict[str, float]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    importances: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    split: str = ""
+    report: Path | None = None
+
+
+def recipe_raw(
+    base: dict[str, Any],
+    knobs: dict[str, Any],
+    train: dict[str, Any],
+    val: dict[str, Any],
+    classes: list[str],
+) -> dict[str, Any]:
+    """The raw config of the base recipe with the knobs applied (a plain dict for the
+    schema; ``knobs`` as the rules and the search set them)."""
+    raw = json.loads(json.dumps(base))
+    raw.pop("_base_", None)
+    model = raw["model"]
+    model["num_classes"] = len(classes)
+    model["backbone"]["out_indices"] = list(knobs["out_indices"])
+    model["neck"]["num_outs"] = knobs["num_outs"]
+    model["anchor_generator"]["strides"] = list(knobs["strides"])
+    model["anchor_generator"]["ratios"] = list(knobs["ratios"])
+    model["assigner"] = dict(knobs["assigner"])
+    model["max_dets"] = knobs["max_dets"]
+    scale = knobs["scale"] * knobs.get("scale_mult", 1.0)
+    resize = (
+        [] if scale == 1.0 else [{"type": "resize", "factor": round(scale, 3), "max_size": 2048}]
+    )
+    train_transforms = [knobs["mosaic"]] if knobs.get("mosaic") else []
+    train_transforms += resize
+    if knobs.get("crop"):
+        train_transforms.append({"type": "random_crop", "size": knobs["crop"], "min_visible": 0.5})
+    for flip in knobs["flips"]:
+        if flip["type"] != "hflip" or knobs.get("hflip", True):
+            train_transforms.append(dict(flip))
+    train_transforms.append({"type": "normalize"})
+    raw["data"] = {
+        "train": train,
+        "val": val,
+        "train_transforms": train_transforms,
+        "val_transforms": [*resize, {"type": "normalize"}],
+        "batch_size": knobs["batch_size"],
+        "val_batch_size": 1 if knobs.get("crop") else knobs["batch_size"],
+        "num_workers": 0,
+    }
+    raw["optim"]["lr"] = float(f"{knobs['lr'] * knobs.get('lr_mult', 1.0):.4g}")
+    raw["schedule"]["warmup"]["iters"] = knobs.get("warmup_iters", 100)
+    raw["train"] = {
+        "max_iters": knobs.get("max_iters"),
+        "max_minutes": knobs.get("max_minutes"),
+        "ckpt_every": knobs.get("ckpt_every", 0),
+        "log_every": 20,
+        "eval_every": knobs.get("eval_every", 0),
+        "progress": knobs.get("progress", False),
+        "resume": knobs.get("resume", False),
+    }
+    raw["eval"] = {"tta": knobs.get("tta")}
+    raw["seed"] = knobs.get("seed", 0)
+    raw["device"] = knobs.get("device", "auto")
+    raw["threads"] = knobs.get("threads")
+    raw["work_dir"] = knobs.get("work_dir")
+    return raw
+
+
+def max_dets_rule(fp: Fingerprint) -> Rule:
+    """Detections kept per image: at least 100, and twice the most objects in an image."""
+    most = int(fp.objects_per_image.max())
+    keep = max(100, 100 * math.ceil(2 * most / 100))
+    why = f"up to {most} objects in an image: {keep} detections kept per image"
+    return Rule("detections", {"max_dets": keep}, why)
+
+
+def fit(
+    data: str | Path,
+    budget: str | float = "15m",
+    out: str | Path | None = None,
+    val: str | Path | None = None,
+    overhead: Overhead = "auto",
+    seed: int = 0,
+    device: str = "auto",
+    threads: int | None = None,
+    storage: str | None = None,
+    search: bool = True,
+    progress: bool = False,
+    log: Any = print,
+) -> FitResult:
+    """Configure and train a detector for ``data`` within ``budget`` (see the module
+    docstring); returns a `FitResult` with the recipe, the checkpoint and the metrics."""
+    from tunedet.config.loader import load_raw
+
+    clock = Clock(parse_budget(budget))
+    out = Path(out) if out is not None else Path("runs") / "fit"
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    # 1. data and split
+    train_spec, val_spec, classes, split_note, train_set = prepare_data(data, val, out, seed)
+    log(f"data: {len(train_set)} training images, {split_note}")
+    # 2. fingerprint and the data rules
+    fp = fingerprint_from_coco(train_set.coco_ground_truth(), classes, overhead)
+    (out / "fingerprint.json").write_text(json.dumps(fp.summary(), indent=2))
+    from tunedet.engine.trainer import resolve_device
+
+    device_kind = resolve_device(device).type
+    rules = data_rules(fp, DetectorGeometry(), device_kind, len(train_set), clock.seconds / 60)
+    rules.append(max_dets_rule(fp))
+    knobs: dict[str, Any] = {"seed": seed, "device": device, "threads": threads}
+    for rule in rules:
+        knobs.update(rule.knobs)
+        log(f"rule {rule.name}: {rule.reason}")
+    base = load_raw(_base_path())
+    knobs["lr"] = float(base["optim"]["lr"])
+    timings["data and rules"] = clock.elapsed
+
+    # 3. speed and LR
+    seconds_per_iter = measure_speed(
+        recipe_raw(base, knobs, train_spec, val_spec, classes), out / "speed_probe"
+    )
+    log(f"speed: {seconds_per_iter:.3f} s per training iteration")
+    timings["speed probe"] = clock.elapsed - sum(timings.values())
+    lr = find_lr(base, knobs, train_spec, val_spec, classes, clock, seconds_per_iter)
+    rules.append(lr)
+    knobs.update(lr.knobs)
+    log(f"rule lr: {lr.reason}")
+    timings["LR finder"] = clock.elapsed - sum(timings.values())
+
+    # 4. search
+    trials: list[dict[str, Any]] = []
+    importances: dict[str, float] = {}
+    best: dict[str, Any] = {}
+    if search:
+        outcome = run_search(
+            base, knobs, train_spec, val_spec, classes, fp, out, clock, seconds_per_iter,
+            storage, seed, log,
+        )  # fmt: skip
+        trials, importances, best, search_rule = outcome
+        rules.append(search_rule)
+        log(f"search: {search_rule.reason}")
+    timings["search"] = clock.elapsed - sum(timings.values())
+
+    # 5. the final training with the rest of the budget
+    final_knobs = {**knobs, **best, "progress": progress, "ckpt_every": 0, "resume": True}
+    schedule = schedule_rule(max(clock.left, 1.0), seconds_per_iter)
+    final_knobs.update(schedule.knobs)
+    rules.append(schedule)
+    log(f"rule schedule: {schedule.reason}")
+    trainer, metrics = train_final(base, final_knobs, train_spec, val_spec, classes, out, clock)
+    timings["final training"] = clock.elapsed - sum(timings.values())
+    log(f"final training: {trainer.iteration} iterations, {METRIC} {metrics.get(METRIC, 0):.4f}")
+
+    # 6. outside the budget: TTA, the recipe, the report
+    tta = check_tta(trainer, base, final_knobs, train_spec, val_spec, classes, metrics)
+    rules.append(tta)
+    log(f"rule tta: {tta.reason}")
+    recipe_knobs = {
+        **final_knobs,
+        **tta.knobs,
+        "max_iters": trainer.iteration,
+        "max_minutes": None,
+        "progress": True,
+        "ckpt_every": 500,
+        "resume": True,
+        "work_dir": str(out / "recipe_run"),
+    }
+    recipe = write_recipe(out, recipe_raw(base, recipe_knobs, train_spec, val_spec, classes), rules)
+    result = FitResult(
+        out=out,
+        rules=rules,
+        fingerprint=fp,
+        recipe=recipe,
+        checkpoint=trainer.last_checkpoint,
+        metrics=metrics,
+        trials=trials,
+        importances=importances,
+        timings={k: round(v, 1) for k, v in timings.items()},
+        split=split_note,
+    )
+    from tunedet.tuning.fit_report import write_fit_report
+
+    result.report = write_fit_report(result, clock.seconds)
+    log(f"recipe: {recipe}\nreport: {result.report}")
+    return result
+
+
+def _base_path() -> Path:
+    from tunedet.config.loader import resolve_config_path
+
+    return resolve_config_path(BASE_RECIPE)
+
+
+def prepare_data(
+    data: str | Path, val: str | Path | None, out: Path, seed: int
+) -> tuple[dict, dict, list[str], str, Any]:
+    """(train section, val section, class names, a sentence on the split, train dataset)."""
+    from tunedet.data.build import build_dataset
+    from tunedet.tuning.fit_data import dataset_spec, holdout_split, write_split
+
+    train_spec, val_spec = dataset_spec(data)
+    if val is not None:
+        val_spec, _ = dataset_spec(val)
+    full = build_dataset(train_spec)
+    classes = list(full.classes)
+    if val_spec is not None:
+        if val_spec["type"] in ("yolo",) and "classes" not in val_spec:
+            val_spec["classes"] = classes
+        if val_spec["type"] in ("voc", "coco"):
+            val_spec.setdefault("classes", classes)
+        train_spec.setdefault("classes", classes)
+        return train_spec, val_spec, classes, "validation split as given", full
+    if not hasattr(full, "records"):
+        raise ValueError(f"{data}: fit holds a split out of file datasets only (COCO, VOC, YOLO)")
+    train_idx, val_idx = holdout_split(len(full.records), seed)
+    train_spec = write_split(full, train_idx, out / "data" / "train.json")
+    val_spec = write_split(full, val_idx, out / "data" / "val.json")
+    note = (
+        f"{len(val_idx)} of {len(full.records)} images held out for validation "
+        f"(seeded permutation, seed {seed}; {out / 'data'})"
+    )
+    return train_spec, val_spec, classes, note, build_dataset(train_spec)
+
+
+def validated(raw: dict[str, Any]) -> Any:
+    from tunedet.config.loader import validate
+
+    return validate(raw, "tunedet fit recipe")
+
+
+def measure_speed(raw: dict[str, Any], run_dir: Path, steps: int = 6) -> float:
+    """Seconds per training iteration of the recipe: ``steps`` iterations run, the first
+    two (one-off costs) left out of the mean."""
+    import shutil
+
+    from tunedet.engine.trainer import Trainer
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # a probe of an earlier run
+    probe = json.loads(json.dumps(raw))
+    probe["data"]["val"] = None
+    probe["train"].update(max_iters=steps, max_minutes=None, log_every=1, resume=False)
+    Trainer(validated(probe), run_dir, log=lambda *_: None).train()
+    times = [
+        row["time"]
+        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "time" in row
+    ]
+    if len(times) < 3:
+        return max(times[-1] / len(times), 1e-3) if times else 1.0
+    return max((times[-1] - times[1]) / (len(times) - 2), 1e-3)
+
+
+def find_lr(
+    base: dict,
+    knobs: dict,
+    train_spec: dict,
+    val_spec: dict,
+    classes: list[str],
+    clock: Clock,
+    seconds_per_iter: float,
+) -> Rule:
+    """The LR rule from a short LR finder, or the base LR when the budget is too short."""
+    from tunedet.analysis.lr_finder import run_lr_finder
+
+    base_lr = knobs["lr"]
+    affordable = int(FINDER_SHARE * clock.seconds / seconds_per_iter)
+    iters = min(affordable, FINDER_ITERS[1])
+    if iters < FINDER_ITERS[0]:
+        detail = (
+            f"no LR finder: {FINDER_SHARE:.0%} of the budget holds {affordable} iterations at "
+            f"{seconds_per_iter:.2f} s (fewer than {FINDER_ITERS[0]})"
+        )
+        return lr_rule(None, base_lr, detail)
+    cfg = validated(recipe_raw(base, knobs, train_spec, val_spec, classes))
+    result = run_lr_finder(cfg, start=base_lr / 100, end=base_lr * 100, iters=iters, progress=False)
+    try:
+        suggested = result.suggestion("min/10") if len(result.lrs) >= 5 else None
+    except ValueError:  # too few finite losses to suggest from
+        suggested = None
+    detail = (
+        f"LR finder, {len(result.lrs)} steps from {base_lr / 100:.2g} to {base_lr * 100:.2g} "
+        f"(stopped: {result.stopped}), min/10 rule"
+    )
+    return lr_rule(suggested, base_lr, detail)
+
+
+def run_search(
+    base: dict,
+    knobs: dict,
+    train_spec: dict,
+    val_spec: dict,
+    classes: list[str],
+    fp: Fingerprint,
+    out: Path,
+    clock: Clock,
+    seconds_per_iter: float,
+    storage: str | None,
+    seed: int,
+    log: Any,
+) -> tuple[list[dict], dict[str, float], dict[str, Any], Rule]:
+    """The multi-fidelity study (module docstring, step 4); returns (trial rows,
+    importances, the best trial's knobs, the search's rule)."""
+    from tunedet.tuning.fit_search import FitSearch
+
+    search_seconds = SEARCH_SHARE * clock.left
+    # a trial of T iterations costs about T/3 pruned or T complete; with two in three
+    # pruned the mean is ~0.56 T: size T so TRIALS_TARGET trials fit
+    trial_iters = int(search_seconds / (0.56 * TRIALS_TARGET * seconds_per_iter))
+    if trial_iters < MIN_TRIAL_ITERS:
+        why = (
+            f"no search: {search_seconds:.0f} s ({SEARCH_SHARE:.0%} of the budget left) holds "
+            f"trials of {trial_iters} iterations at {seconds_per_iter:.2f} s "
+            f"(fewer than {MIN_TRIAL_ITERS}); the rules' recipe is trained"
+        )
+        return [], {}, {}, Rule("search", {}, why)
+    trial_iters = 3 * math.ceil(trial_iters / 3)
+    search = FitSearch(
+        make_raw=lambda chosen: recipe_raw(
+            base, {**knobs, **chosen}, train_spec, val_spec, classes
+        ),
+        out=out,
+        storage=storage,
+        seed=seed,
+        trial_iters=trial_iters,
+        overhead=fp.overhead.overhead,
+        metric=METRIC,
+        log=log,
+    )
+    deadline = clock.elapsed + search_seconds
+    search.optimize(lambda: deadline - clock.elapsed)
+    rows = search.rows()
+    importances = search.importances()
+    best = search.best()
+    complete = sum(1 for r in rows if r["state"] == "complete")
+    pruned = sum(1 for r in rows if r["state"].startswith("pruned"))
+    if best is None:
+        why = f"{len(rows)} trials of {trial_iters} iterations, none complete: the rules' recipe"
+        return rows, importances, {}, Rule("search", {}, why)
+    chosen, value, number = best
+    shown = ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items()
+    )
+    why = (
+        f"{len(rows)} trials of {trial_iters} iterations in {search_seconds:.0f} s "
+        f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
+        f"best, {METRIC} {value:.3f} ({shown})"
+    )
+    return rows, importances, chosen, Rule("search", dict(chosen), why)
+
+
+def train_final(
+    base: dict,
+    knobs: dict,
+    train_spec: dict,
+    val_spec: dict,
+    classes: list[str],
+    out: Path,
+    clock: Clock,
+) -> tuple[Any, dict[str, float]]:
+    """Train the recipe in ``OUT/final`` until the budget's clock runs out."""
+    from tunedet.engine.trainer import Trainer
+
+    raw = recipe_raw(base, {**knobs, "max_iters": None}, train_spec, val_spec, classes)
+    trainer = Trainer(validated(raw), out / "final", log=lambda *_: None)
+    # the budget's clock, not the config's: the trainer was built on the budget's time
+    trainer.cfg.train.max_minutes = max(clock.left, 1.0) / 60
+    metrics = trainer.train()
+    return trainer, metrics
+
+
+def check_tta(
+    trainer: Any,
+    base: dict,
+    knobs: dict,
+    train_spec: dict,
+    val_spec: dict,
+    classes: list[str],
+    metrics: dict[str, float],
+) -> Rule:
+    """Evaluate the final weights with the data's flip TTA on the validation split."""
+    flips = knobs["tta_flips"]
+    raw = recipe_raw(
+        base, {**knobs, "tta": {"flips": flips, "merge": "vote"}}, train_spec, val_spec, classes
+    )
+    plain = float(metrics.get(METRIC, 0.0))
+    trainer.cfg = validated(raw)
+    with_tta = float(trainer.evaluate().get(METRIC, 0.0))
+    return tta_rule(METRIC, plain, with_tta, flips)
+
+
+def write_recipe(out: Path, raw: dict[str, Any], rules: list[Rule]) -> Path:
+    """``OUT/recipe.yaml``: the final recipe, fully resolved, each rule's reason as a
+    comment; ``tunedet train OUT/recipe.yaml`` trains it again."""
+    from tunedet.config.loader import config_to_yaml
+
+    cfg = validated(raw)
+    lines = ["# tunedet fit's recipe: `tunedet train recipe.yaml` trains it again.", "#"]
+    for rule in rules:
+        lines.append(f"# {rule.name}: {rule.reason}")
+    path = out / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n" + config_to_yaml(cfg))
+    return path

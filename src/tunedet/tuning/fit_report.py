@@ -1,0 +1,178 @@
+"""``OUT/report.html`` and ``OUT/fit.json`` of a ``tunedet fit`` run: the fingerprint,
+each rule with its reason, the search table with the knobs' importances, the rank
+agreement between short trials and full-length runs (when measured), where the budget
+went, and the final metrics. One self-contained HTML file (no script, no network)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.bar { background: #4a7fb5; height: 0.8em; display: inline-block; }
+code { background: #f6f6f6; padding: 0 0.2em; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(head: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        cells = []
+        for k, cell in enumerate(row):
+            cls = ' class="num"' if k in numeric else ""
+            cells.append(f"<td{cls}>{cell if isinstance(cell, Markup) else _e(cell)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+class Markup(str):
+    """HTML that ``_table`` puts in a cell unescaped."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def fingerprint_section(summary: dict[str, Any]) -> str:
+    quantile_rows = []
+    for key, label in (
+        ("image_width", "image width (px)"),
+        ("image_height", "image height (px)"),
+        ("object_size_px", "object size √(wh) (px)"),
+        ("object_size_relative", "object size / image size"),
+        ("aspect_h_w", "aspect h / w"),
+        ("objects_per_image", "objects per image"),
+    ):
+        q = summary[key]
+        quantile_rows.append([label, *(_fmt(q[p]) for p in ("p5", "p25", "p50", "p75", "p95"))])
+    per_class = [
+        [c["class"], c["boxes"], c["images"], _fmt(c["median_size"]), _fmt(c["median_aspect_h_w"])]
+        for c in summary["per_class"]
+    ]
+    ov = summary["overhead"]
+    per_image = summary["objects_per_image"]
+    return "\n".join(
+        [
+            "<h2>Fingerprint</h2>",
+            f"<p>{summary['images']} training images, {summary['boxes']} boxes, "
+            f"{summary['classes']} classes; objects per image: mean {per_image['mean']}, "
+            f"max {per_image['max']}, {per_image['empty_fraction']:.0%} of images empty; "
+            f"class imbalance (most / fewest boxes) {summary['class_imbalance']}.</p>",
+            _table(["quantity", "p5", "p25", "p50", "p75", "p95"], quantile_rows, {1, 2, 3, 4, 5}),
+            _table(
+                ["class", "boxes", "images", "median size", "median h / w"], per_class, {1, 2, 3, 4}
+            ),
+            f"<p><b>Overhead imagery: {'yes' if ov['overhead'] else 'no'}</b> "
+            f"({_e(ov['source'])}): {_e(ov['basis'])}.</p>",
+        ]
+    )
+
+
+def rules_section(rules: list[dict[str, Any]]) -> str:
+    rows = [
+        [r["name"], Markup(f"<code>{_e(json.dumps(r['knobs']))}</code>"), r["reason"]]
+        for r in rules
+    ]
+    return "<h2>Rules</h2>\n" + _table(
+        ["rule", "knobs", "reason (the measurement behind it)"], rows
+    )
+
+
+def search_section(trials: list[dict[str, Any]], importances: dict[str, float]) -> str:
+    if not trials:
+        return "<h2>Search</h2>\n<p>No search was run (see the search rule).</p>"
+    keys = sorted({k for t in trials for k in t["params"]})
+    rows = [
+        [t["trial"], t["state"], "" if t["value"] is None else f"{t['value']:.4f}"]
+        + [_fmt(t["params"].get(k, "–")) for k in keys]
+        for t in trials
+    ]
+    parts = ["<h2>Search</h2>", _table(["trial", "state", "AP50", *keys], rows, {0, 2})]
+    if importances:
+        bars = [
+            [k, f"{v:.2f}", Markup(f'<span class="bar" style="width:{v * 20:.1f}em"></span>')]
+            for k, v in importances.items()
+        ]
+        parts += ["<h3>Importance of each knob</h3>", _table(["knob", "share", ""], bars, {1})]
+    else:
+        parts.append("<p>Importances need at least 3 complete trials with different values.</p>")
+    return "\n".join(parts)
+
+
+def rank_section(rank: dict[str, Any] | None) -> str:
+    head = "<h2>Rank agreement: short trials against full-length runs</h2>"
+    if not rank:
+        return (
+            f"{head}\n<p>Not measured in this run: it needs every trial's recipe trained at "
+            "full length too (<code>benchmarks/fit_suite.py --rank-check</code>); the "
+            "figures measured on the developers' datasets are in docs/PERFORMANCE.md.</p>"
+        )
+    rows = [[r["trial"], f"{r['short']:.4f}", f"{r['full']:.4f}"] for r in rank["runs"]]
+    return "\n".join(
+        [
+            head,
+            f"<p>Spearman ρ = {rank['spearman']:.2f} over {len(rows)} recipes.</p>",
+            _table(["trial", "short AP50", "full AP50"], rows, {0, 1, 2}),
+        ]
+    )
+
+
+def write_fit_report(result: Any, budget_s: float, rank: dict[str, Any] | None = None) -> Path:
+    """Write ``fit.json`` and ``report.html`` into ``result.out``; returns the HTML path."""
+    rules = [{"name": r.name, "knobs": r.knobs, "reason": r.reason} for r in result.rules]
+    summary = result.fingerprint.summary()
+    record = {
+        "budget_seconds": budget_s,
+        "split": result.split,
+        "fingerprint": summary,
+        "rules": rules,
+        "trials": result.trials,
+        "importances": result.importances,
+        "timings_seconds": result.timings,
+        "metrics": result.metrics,
+        "recipe": str(result.recipe),
+        "checkpoint": result.checkpoint,
+        "rank_agreement": rank,
+    }
+    (result.out / "fit.json").write_text(json.dumps(record, indent=2, default=str))
+    used = sum(result.timings.values())
+    timing_rows = [[k, f"{v:.1f}"] for k, v in result.timings.items()]
+    metrics = result.metrics
+    body = [
+        "<h1>tunedet fit</h1>",
+        f"<p>Budget {budget_s / 60:.1f} min of wall time up to the final model "
+        f"(evaluation excluded); {used / 60:.1f} min used. {_e(result.split)}.</p>",
+        f"<p>Final model on the validation split: AP {metrics.get('AP', float('nan')):.4f}, "
+        f"AP50 {metrics.get('AP50', float('nan')):.4f} (single pass). Recipe: "
+        f"<code>{_e(result.recipe)}</code> (<code>tunedet train {_e(result.recipe)}</code> "
+        "trains it again).</p>",
+        fingerprint_section(summary),
+        rules_section(rules),
+        search_section(result.trials, result.importances),
+        rank_section(rank),
+        "<h2>Where the budget went</h2>",
+        _table(["step", "seconds"], timing_rows, {1}),
+    ]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>tunedet fit</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    path = result.out / "report.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,203 @@
+"""``tunedet fit``'s search: a small multi-fidelity Optuna study over the knobs that the
+rules leave open.
+
+Knobs: ``lr_mult`` (the LR finder's LR times 1/3 … 3, log-uniform), ``scale_mult`` (the
+scale rule's factor times 0.71, 1 or 1.41) and, for imagery that is not overhead,
+``hflip`` (a mirror image may not be a valid sample: text, digits). Each trial trains
+``trial_iters`` iterations and is evaluated at a third, two thirds and the end;
+Optuna's successive-halving pruner (reduction factor 3, first rung at a third) stops
+the trials that are not in the top third of their rung. The first trial of a new study
+is the rules' recipe (every multiplier 1, flips on). The study lives in ``OUT/study.db``
+or any SQLAlchemy URL (``tuning/study.py``'s storage: heartbeat, PostgreSQL): a re-run of
+fit continues it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from tunedet.tuning.study import open_storage
+
+STUDY_NAME = "fit"
+
+
+class FitSearch:
+    """The study of one fit run; ``make_raw(chosen)`` gives a trial's raw config."""
+
+    def __init__(
+        self,
+        make_raw: Any,
+        out: Path,
+        storage: str | None,
+        seed: int,
+        trial_iters: int,
+        overhead: bool,
+        metric: str = "AP50",
+        log: Any = print,
+    ) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.make_raw = make_raw
+        self.out = out
+        self.trial_iters = trial_iters
+        self.overhead = overhead
+        self.metric = metric
+        self.log = log
+        url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+        rung = max(1, trial_iters // 3)
+        self.study = optuna.create_study(
+            study_name=STUDY_NAME,
+            storage=open_storage(url),
+            direction="maximize",
+            pruner=optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=rung, reduction_factor=3, min_early_stopping_rate=0
+            ),
+            load_if_exists=True,
+        )
+        done = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = optuna.samplers.TPESampler(seed=seed + done, multivariate=True)
+        if done == 0:
+            first = {"lr_mult": 1.0, "scale_mult": 1.0}
+            if not overhead:
+                first["hflip"] = True
+            self.study.enqueue_trial(first)
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        chosen: dict[str, Any] = {
+            "lr_mult": trial.suggest_float("lr_mult", 1 / 3, 3.0, log=True),
+            "scale_mult": trial.suggest_categorical("scale_mult", [0.71, 1.0, 1.41]),
+        }
+        if not self.overhead:
+            chosen["hflip"] = trial.suggest_categorical("hflip", [True, False])
+        return chosen
+
+    def objective(self, trial: Any, seconds_left: float) -> float:
+        import optuna
+
+        from tunedet.config.loader import validate
+        from tunedet.engine.trainer import Trainer
+
+        chosen = self.sample(trial)
+        raw = self.make_raw(
+            {
+                **chosen,
+                "max_iters": self.trial_iters,
+                # a cap, so the last trial cannot eat the final training's time
+                "max_minutes": max(seconds_left, 1.0) / 60,
+                "eval_every": max(1, self.trial_iters // 3),
+                "warmup_iters": max(1, self.trial_iters // 10),
+            }
+        )
+        run_dir = self.out / "trials" / f"{trial.number:04d}"
+        pruned_at: list[int] = []
+
+        def on_evaluate(iteration: int, metrics: dict[str, float]) -> bool:
+            trial.report(float(metrics.get(self.metric, 0.0)), iteration)
+            if trial.should_prune():
+                pruned_at.append(iteration)
+                return True
+            return False
+
+        trainer = Trainer(
+            validate(raw, f"fit trial {trial.number}"), run_dir, lambda *_: None, on_evaluate
+        )
+        metrics = trainer.train()
+        value = float(metrics.get(self.metric, 0.0))
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items())
+        if pruned_at:
+            self.log(f"trial {trial.number}: pruned at iteration {pruned_at[0]} ({shown})")
+            raise optuna.TrialPruned()
+        self.log(f"trial {trial.number}: {self.metric}={value:.4f} ({shown})")
+        return value
+
+    def optimize(self, seconds_left: Any) -> None:
+        """Run trials while ``seconds_left()`` is positive (a trial is started only when
+        at least a third of one fits)."""
+        import warnings
+
+        from tunedet.engine.finite_guard import NonFiniteLossError
+
+        # ask/tell runs trials as Study.optimize does; the storage's heartbeat still works
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        while True:
+            left = seconds_left()
+            if left <= 0 or not self._fits(left):
+                return
+            trial = self.study.ask()
+            try:
+                value = self.objective(trial, left)
+            except NonFiniteLossError:
+                from optuna.trial import TrialState
+
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.log(f"trial {trial.number}: failed (non-finite loss)")
+                continue
+            except Exception as error:
+                import optuna
+
+                if isinstance(error, optuna.TrialPruned):
+                    from optuna.trial import TrialState
+
+                    self.study.tell(trial, state=TrialState.PRUNED)
+                    continue
+                raise
+            self.study.tell(trial, value)
+
+    def _fits(self, left: float) -> bool:
+        """A new trial only when its first rung (a third of a complete trial) fits."""
+        from optuna.trial import TrialState
+
+        durations = [
+            t.duration.total_seconds()
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.duration is not None
+        ]
+        return not durations or left >= sum(durations) / len(durations) / 3
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per trial: number, state, value (last reported for pruned ones), params."""
+        from optuna.trial import TrialState
+
+        rows = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.COMPLETE:
+                value, state = t.value, "complete"
+            elif t.state == TrialState.PRUNED and t.intermediate_values:
+                step = max(t.intermediate_values)
+                value, state = t.intermediate_values[step], f"pruned at {step}"
+            else:
+                value, state = None, t.state.name.lower()
+            rows.append({"trial": t.number, "state": state, "value": value, "params": t.params})
+        rows.sort(key=lambda r: (r["state"] != "complete", -(r["value"] or -math.inf)))
+        return rows
+
+    def best(self) -> tuple[dict[str, Any], float, int] | None:
+        from optuna.trial import TrialState
+
+        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return None
+        trial = self.study.best_trial
+        return dict(trial.params), float(trial.value), trial.number
+
+    def importances(self) -> dict[str, float]:
+        """fANOVA / PED-ANOVA importances (tuning/importance.py); empty with under 3
+        complete trials or a single value."""
+        from optuna.trial import TrialState
+
+        from tunedet.tuning.importance import param_importances
+
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(complete) < 3 or len({t.value for t in complete}) < 2:
+            return {}
+        try:
+            found, _method = param_importances(self.study)
+        except (RuntimeError, ValueError):
+            return {}
+        return {k: float(v) for k, v in found.items()}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

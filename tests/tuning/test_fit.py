@@ -1,0 +1,180 @@
+"""``tunedet fit`` end to end on a tiny synthetic dataset, and its data handling."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from tunedet.cli.main import main
+from tunedet.config.loader import load_config
+from tunedet.data.coco_writer import write_coco
+from tunedet.data.synthetic import SyntheticShapes
+from tunedet.tuning import fit as fit_module
+from tunedet.tuning.fit_data import dataset_spec, holdout_split
+from tunedet.tuning.fit_search import FitSearch
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fitdata")
+    shapes = SyntheticShapes(
+        num_images=20, image_size=32, seed=0, num_classes=2, min_size=6, max_objects=3
+    )
+    return write_coco(shapes, root)
+
+
+def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, monkeypatch):
+    # short trials allowed, so that a fast machine runs the search inside seconds
+    monkeypatch.setattr(fit_module, "MIN_TRIAL_ITERS", 3)
+    monkeypatch.setattr(fit_module, "TRIALS_TARGET", 2)
+    out = tmp_path / "fit"
+    lines = []
+    result = fit_module.fit(tiny_coco, budget="25s", out=out, threads=1, log=lines.append)
+    names = [r.name for r in result.rules]
+    for name in ("scale", "crop", "levels", "anchors", "assigner", "augment", "batch", "lr"):
+        assert name in names
+    assert {"search", "schedule", "tta"} <= set(names)
+    assert all(r.reason for r in result.rules)
+    # the split: 4 of 20 images held out, disjoint from the training part
+    train = json.loads((out / "data" / "train.json").read_text())
+    val = json.loads((out / "data" / "val.json").read_text())
+    assert len(val["images"]) == 4 and len(train["images"]) == 16
+    assert not {i["file_name"] for i in train["images"]} & {i["file_name"] for i in val["images"]}
+    assert "4 of 20 images held out" in result.split
+    # the search ran trials (the first one is the rules' recipe) unless too slow a machine
+    if result.trials:
+        assert (out / "study.db").is_file()
+        first = min(result.trials, key=lambda t: t["trial"])
+        assert first["params"]["lr_mult"] == 1.0 and first["params"]["scale_mult"] == 1.0
+    # the recipe: a config `tunedet train` loads, trained for the final run's length
+    cfg = load_config(str(result.recipe))
+    final = [json.loads(x) for x in (out / "final" / "metrics.jsonl").read_text().splitlines()]
+    assert cfg.train.max_iters == max(row["step"] for row in final)
+    assert cfg.model.num_classes == 2
+    scale = next(r for r in result.rules if r.name == "scale").knobs["scale"]
+    resize = [t for t in cfg.data.train_transforms if t.type == "resize"]
+    if scale != 1.0:
+        assert resize and resize[0].factor > 0
+    assert "AP50" in result.metrics
+    report = (out / "report.html").read_text()
+    for heading in ("Fingerprint", "Rules", "Search", "Rank agreement", "Where the budget went"):
+        assert heading in report
+    assert json.loads((out / "fit.json").read_text())["rules"][0]["reason"]
+    assert any(line.startswith("rule scale:") for line in lines)
+
+
+def test_holdout_split_is_seeded_and_disjoint():
+    a_train, a_val = holdout_split(50, seed=3)
+    b_train, b_val = holdout_split(50, seed=3)
+    np.testing.assert_array_equal(a_val, b_val)
+    assert len(a_val) == 10 and not set(a_train) & set(a_val)
+    assert len(holdout_split(2, 0)[1]) == 1
+    assert not np.array_equal(holdout_split(50, seed=4)[1], a_val)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        holdout_split(1, 0)
+
+
+def test_dataset_spec_reads_coco_voc_and_data_yaml(tmp_path, tiny_coco):
+    assert dataset_spec(tiny_coco)[0]["type"] == "coco"
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    (voc / "a.xml").write_text("<annotation/>")
+    assert dataset_spec(voc) == ({"type": "voc", "root": str(voc)}, None)
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(
+        yaml.safe_dump(
+            {"path": "set", "train": "images/train", "val": "images/val", "names": {0: "a", 1: "b"}}
+        )
+    )
+    train, val = dataset_spec(data_yaml)
+    assert train == {
+        "type": "yolo",
+        "img_dir": str(tmp_path / "set" / "images/train"),
+        "classes": ["a", "b"],
+    }
+    assert val["img_dir"].endswith("images/val")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="not a dataset folder"):
+        dataset_spec(empty)
+
+
+def test_parse_budget_units_and_errors():
+    assert fit_module.parse_budget("15m") == 900
+    assert fit_module.parse_budget("90s") == 90
+    assert fit_module.parse_budget("1.5h") == 5400
+    assert fit_module.parse_budget("2") == 120
+    with pytest.raises(ValueError, match="duration"):
+        fit_module.parse_budget("soon")
+
+
+def test_fit_cli_refuses_a_bad_budget_in_one_line(tiny_coco, capsys):
+    assert main(["fit", str(tiny_coco), "--budget", "soon"]) == 2
+    err = capsys.readouterr().err
+    assert "tunedet fit: error: --budget 'soon'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_new_search_measures_the_rules_recipe_first_and_a_rerun_continues(tmp_path):
+    def make(overhead):
+        return FitSearch(lambda c: c, tmp_path, None, 0, trial_iters=9, overhead=overhead)
+
+    first = make(False)
+    waiting = first.study.get_trials(deepcopy=False)
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == {
+        "lr_mult": 1.0,
+        "scale_mult": 1.0,
+        "hflip": True,
+    }
+    again = make(False)  # the same storage: the study is continued, not re-seeded
+    assert len(again.study.get_trials(deepcopy=False)) == 1
+
+
+def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, tmp_path):
+    from tunedet.config.loader import load_raw
+
+    base = load_raw(fit_module._base_path())
+    knobs = {
+        "scale": 1.0,
+        "crop": None,
+        "strides": [8, 16, 32],
+        "out_indices": [2, 3, 4],
+        "num_outs": 3,
+        "ratios": [1.0],
+        "assigner": {"type": "atss", "topk": 9},
+        "flips": [{"type": "hflip", "p": 0.5}],
+        "mosaic": None,
+        "batch_size": 4,
+        "max_dets": 100,
+        "lr": 0.002,
+        "threads": 1,
+    }
+    spec = {"type": "coco", "ann_file": str(tiny_coco), "img_dir": str(tiny_coco.parent / "images")}
+    search = FitSearch(
+        lambda chosen: fit_module.recipe_raw(base, {**knobs, **chosen}, spec, spec, ["a", "b"]),
+        tmp_path,
+        None,
+        0,
+        trial_iters=3,
+        overhead=False,
+        log=lambda *_: None,
+    )
+    budget = iter([60.0, 60.0, 0.0])  # two trials, then the search's time is up
+    search.optimize(lambda: next(budget))
+    rows = search.rows()
+    assert len(rows) == 2
+    first = next(r for r in rows if r["trial"] == 0)
+    assert first["params"] == {"lr_mult": 1.0, "scale_mult": 1.0, "hflip": True}
+    trial = search.study.trials[0]
+    assert sorted(trial.intermediate_values) == [1, 2, 3] or trial.state.name == "PRUNED"
+    best = search.best()
+    assert best is not None and best[1] == max(r["value"] for r in rows if r["state"] == "complete")
+
+
+def test_tunedet_fit_is_the_pipeline(monkeypatch):
+    import tunedet
+
+    seen = {}
+    monkeypatch.setattr(fit_module, "fit", lambda data, **kw: seen.update(data=data, **kw) or "ok")
+    assert tunedet.fit("d.json", budget="2m", seed=3) == "ok"
+    assert seen == {"data": "d.json", "budget": "2m", "out": None, "seed": 3}
