@@ -49,8 +49,9 @@ def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, mo
         assert first["params"]["lr_mult"] == 1.0 and first["params"]["scale_mult"] == 1.0
     # the recipe: a config `tunedet train` loads, trained for the final run's length
     cfg = load_config(str(result.recipe))
-    final = [json.loads(x) for x in (out / "final" / "metrics.jsonl").read_text().splitlines()]
-    assert cfg.train.max_iters == max(row["step"] for row in final)
+    final = sorted((out / "final" / "checkpoints").glob("iter_*.pt"))[-1]
+    assert cfg.train.max_iters == int(final.stem.split("_")[1])
+    assert result.checkpoint == str(final)
     assert cfg.model.num_classes == 2
     scale = next(r for r in result.rules if r.name == "scale").knobs["scale"]
     resize = [t for t in cfg.data.train_transforms if t.type == "resize"]
@@ -159,16 +160,35 @@ def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, 
         overhead=False,
         log=lambda *_: None,
     )
-    budget = iter([60.0, 60.0, 0.0])  # two trials, then the search's time is up
+    budget = iter([60.0, 60.0, 60.0, 0.0])  # three trials, then the search's time is up
     search.optimize(lambda: next(budget))
     rows = search.rows()
-    assert len(rows) == 2
+    assert len(rows) == 3
     first = next(r for r in rows if r["trial"] == 0)
     assert first["params"] == {"lr_mult": 1.0, "scale_mult": 1.0, "hflip": True}
     trial = search.study.trials[0]
     assert sorted(trial.intermediate_values) == [1, 2, 3] or trial.state.name == "PRUNED"
     best = search.best()
     assert best is not None and best[1] == max(r["value"] for r in rows if r["state"] == "complete")
+
+    # rank agreement: every trial trained again at a given length, Spearman of the ranks
+    from tunedet.tuning.fingerprint import fingerprint_from_coco
+
+    gt = json.loads(tiny_coco.read_text())
+    result = fit_module.FitResult(
+        out=tmp_path,
+        rules=[],
+        fingerprint=fingerprint_from_coco(gt, ["a", "b"]),
+        recipe=tmp_path / "recipe.yaml",
+        checkpoint=None,
+        metrics={},
+        trials=rows,
+    )
+    (tmp_path / "fit.json").write_text(json.dumps({"budget_seconds": 60}))
+    rank = fit_module.rank_agreement(result, max_iters=2, log=lambda *_: None)
+    assert len(rank["runs"]) == 3  # rho is nan when every full-length run ties
+    assert (tmp_path / "rank_check" / "0000" / "metrics.json").is_file()
+    assert "Spearman" in (tmp_path / "report.html").read_text()
 
 
 def test_tunedet_fit_is_the_pipeline(monkeypatch):

@@ -243,8 +243,11 @@ def fit(
     final_knobs.update(schedule.knobs)
     rules.append(schedule)
     log(f"rule schedule: {schedule.reason}")
-    trainer, metrics = train_final(base, final_knobs, train_spec, val_spec, classes, out, clock)
+    trainer, val_set = train_final(base, final_knobs, train_spec, val_spec, classes, out, clock)
     timings["final training"] = clock.elapsed - sum(timings.values())
+    trainer.val_set = val_set
+    metrics = trainer.evaluate()
+    (out / "final" / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log(f"final training: {trainer.iteration} iterations, {METRIC} {metrics.get(METRIC, 0):.4f}")
 
     # 6. outside the budget: TTA, the recipe, the report
@@ -452,16 +455,18 @@ def train_final(
     classes: list[str],
     out: Path,
     clock: Clock,
-) -> tuple[Any, dict[str, float]]:
-    """Train the recipe in ``OUT/final`` until the budget's clock runs out."""
+) -> tuple[Any, Any]:
+    """Train the recipe in ``OUT/final`` until the budget's clock runs out; returns the
+    trainer and the validation set (not evaluated yet: that is outside the budget)."""
     from tunedet.engine.trainer import Trainer
 
     raw = recipe_raw(base, {**knobs, "max_iters": None}, train_spec, val_spec, classes)
     trainer = Trainer(validated(raw), out / "final", log=lambda *_: None)
     # the budget's clock, not the config's: the trainer was built on the budget's time
     trainer.cfg.train.max_minutes = max(clock.left, 1.0) / 60
-    metrics = trainer.train()
-    return trainer, metrics
+    val_set, trainer.val_set = trainer.val_set, None  # the evaluation is outside the budget
+    trainer.train()
+    return trainer, val_set
 
 
 def check_tta(
@@ -496,3 +501,38 @@ def write_recipe(out: Path, raw: dict[str, Any], rules: list[Rule]) -> Path:
     path = out / "recipe.yaml"
     path.write_text("\n".join(lines) + "\n" + config_to_yaml(cfg))
     return path
+
+
+def rank_agreement(result: FitResult, max_iters: int | None = None, log: Any = print) -> dict:
+    """Train every searched trial's recipe (``OUT/trials/NNNN/config.yaml``) at the final
+    run's length (or ``max_iters``) and compare the ranks: Spearman's ρ between each
+    trial's last reported AP50 (short) and its full-length AP50 on the validation split.
+    Costs one full training per trial; the report is rewritten with the figure."""
+    from scipy.stats import spearmanr
+
+    from tunedet.config.loader import load_config
+    from tunedet.engine.trainer import Trainer
+
+    length = max_iters or load_config(str(result.recipe)).train.max_iters
+    runs = []
+    for row in result.trials:
+        if row["value"] is None:
+            continue
+        folder = result.out / "trials" / f"{row['trial']:04d}"
+        cfg = load_config(
+            str(folder / "config.yaml"),
+            [f"train.max_iters={length}", "train.max_minutes=null", "train.eval_every=0",
+             "train.resume=false"],
+        )  # fmt: skip
+        full = Trainer(cfg, result.out / "rank_check" / folder.name, log=lambda *_: None).train()
+        runs.append({"trial": row["trial"], "short": row["value"], "full": full.get(METRIC, 0.0)})
+        log(f"trial {row['trial']}: short {row['value']:.4f}, full {runs[-1]['full']:.4f}")
+    if len(runs) < 3:
+        raise ValueError(f"rank agreement needs 3 trials with a value, the study has {len(runs)}")
+    rho = float(spearmanr([r["short"] for r in runs], [r["full"] for r in runs]).statistic)
+    rank = {"spearman": rho, "iterations": length, "runs": runs}
+    from tunedet.tuning.fit_report import write_fit_report
+
+    budget = json.loads((result.out / "fit.json").read_text())["budget_seconds"]
+    write_fit_report(result, budget, rank)
+    return rank

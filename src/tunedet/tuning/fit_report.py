@@ -117,15 +117,16 @@ def rank_section(rank: dict[str, Any] | None) -> str:
     head = "<h2>Rank agreement: short trials against full-length runs</h2>"
     if not rank:
         return (
-            f"{head}\n<p>Not measured in this run: it needs every trial's recipe trained at "
-            "full length too (<code>benchmarks/fit_suite.py --rank-check</code>); the "
-            "figures measured on the developers' datasets are in docs/PERFORMANCE.md.</p>"
+            f"{head}\n<p>Not measured in this run: it trains every trial's recipe again at "
+            "full length (<code>tunedet.tuning.fit.rank_agreement</code>, "
+            "<code>benchmarks/fit_table.py --rank-check</code>).</p>"
         )
     rows = [[r["trial"], f"{r['short']:.4f}", f"{r['full']:.4f}"] for r in rank["runs"]]
     return "\n".join(
         [
             head,
-            f"<p>Spearman ρ = {rank['spearman']:.2f} over {len(rows)} recipes.</p>",
+            f"<p>Spearman ρ = {rank['spearman']:.2f} over {len(rows)} recipes, each trained "
+            f"again for {rank['iterations']} iterations (the final run's length).</p>",
             _table(["trial", "short AP50", "full AP50"], rows, {0, 1, 2}),
         ]
     )

@@ -306,7 +306,8 @@ def schedule_rule(train_seconds: float, seconds_per_iter: float | None) -> Rule:
         f"{train_seconds / 60:.1f} min left for the final training: linear warmup "
         f"({warmup} iterations) + cosine, sized to the time ({speed})"
     )
-    return Rule("schedule", {"max_minutes": train_seconds / 60, "warmup_iters": warmup}, why)
+    knobs = {"max_minutes": round(train_seconds / 60, 3), "warmup_iters": warmup}
+    return Rule("schedule", knobs, why)
 
 
 def tta_rule(metric: str, plain: float, with_tta: float, flips: list[str]) -> Rule:

@@ -1,0 +1,240 @@
+"""``tunedet fit`` against fixed recipes on the suite's datasets (benchmarks/fit_suite.py),
+at the same wall budget, scored on each dataset's test split (never seen by fit).
+
+Rows per dataset and seed:
+
+- ``fit``: ``tunedet fit TRAIN --budget B`` (no knob set by hand); the budget covers
+  everything up to its final model (split, probes, LR finder, search, training);
+  scored with the TTA its rule kept;
+- ``demo``: ``retinanet/demo`` unchanged but for the data, ``model.num_classes`` and the
+  length: ``train.max_minutes=B`` with no ``max_iters`` (its schedule fills the budget);
+- ``hand``: the best hand-written tunedet recipe for that data (``trees/patches_fast``
+  for the trees; for the synthetic shapes it is the demo itself, so the row is left out),
+  also filling the budget, scored with its own ``eval.tta``;
+- ``yolov8n`` (with ``--yolo-python``): ultralytics YOLOv8n from ``yolov8n.yaml`` (no
+  pretrained weights) with its defaults (``time=`` B, which re-plans its epochs), imgsz
+  ``--yolo-imgsz``, scored by the same COCO evaluator.
+
+    python benchmarks/fit_table.py --root /tmp/fit_suite --budget 15 --seeds 0,1 \\
+        [--only trees,digits] [--yolo-python /tmp/yv/bin/python] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fit_suite import NAMES, write_suite  # noqa: E402
+
+
+def coco_spec(ann_file: Path) -> dict:
+    return {"type": "coco", "ann_file": str(ann_file), "img_dir": str(ann_file.parent / "images")}
+
+
+def flow(spec: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
+
+
+def num_classes(ann_file: Path) -> int:
+    return len(json.loads(ann_file.read_text())["categories"])
+
+
+def score(cfg, model, test: Path) -> dict:
+    """COCO AP / AP50 of ``model`` on the test split with ``cfg``'s evaluation settings."""
+    import torch
+
+    from tunedet.data.build import build_dataset
+    from tunedet.engine.trainer import evaluate_results, predict_dataset
+
+    dataset = build_dataset(coco_spec(test))
+    results = predict_dataset(model, dataset, cfg, torch.device("cpu"))
+    metrics = evaluate_results(dataset.coco_ground_truth(), results, "coco")
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"]}
+
+
+def run_recipe(
+    config: str, paths: dict, run: Path, minutes: float, seed: int, threads: int
+) -> dict:
+    from tunedet.config.loader import load_config
+    from tunedet.engine.trainer import Trainer
+
+    train = coco_spec(paths["train"])
+    if config == "trees/patches_fast":  # a VOC recipe: its one class, from the COCO files
+        train["classes"] = ["Tree"]
+    cfg = load_config(
+        config,
+        [
+            f"data.train={flow(train)}",
+            "data.val=null",
+            f"model.num_classes={num_classes(paths['train'])}",
+            "train.max_iters=null",
+            f"train.max_minutes={minutes}",
+            "train.eval_every=0",
+            "train.ckpt_every=0",
+            "train.progress=false",
+            "train.resume=false",
+            f"seed={seed}",
+            f"threads={threads}",
+        ],
+    )
+    start = time.monotonic()
+    trainer = Trainer(cfg, run, log=lambda *_: None)
+    trainer.train()
+    wall = (time.monotonic() - start) / 60
+    return {
+        **score(cfg, trainer.eval_model, paths["test"]),
+        "iters": trainer.iteration,
+        "min": wall,
+    }
+
+
+def run_fit(
+    paths: dict, run: Path, minutes: float, seed: int, threads: int, rank_check: bool = False
+) -> dict:
+    from tunedet.config.loader import load_config
+    from tunedet.engine.checkpoint import load_checkpoint, load_model_state
+    from tunedet.models import build_detector
+    from tunedet.tuning.fit import fit
+
+    start = time.monotonic()
+    result = fit(
+        paths["train"], budget=minutes, out=run, seed=seed, threads=threads, log=lambda *_: None
+    )
+    wall = (time.monotonic() - start) / 60
+    cfg = load_config(str(result.recipe), ["train.progress=false"])
+    model = build_detector(cfg.model.model_dump())
+    load_model_state(model, load_checkpoint(result.checkpoint, map_location="cpu")["model"])
+    used = sum(result.timings.values()) / 60
+    return {
+        **score(cfg, model, paths["test"]),
+        "iters": cfg.train.max_iters,
+        "min": used,
+        "wall": wall,
+    }
+
+
+YOLO_SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    torch.set_num_threads({threads})
+    from ultralytics import YOLO
+    model = YOLO("yolov8n.yaml")
+    model.train(data={data!r}, imgsz={imgsz}, epochs=10000, time={hours!r}, device="cpu",
+                workers=0, seed={seed}, deterministic=False, pretrained=False, amp=False,
+                plots=False, val=False, batch=16, project={project!r}, name="yolo",
+                exist_ok=True, verbose=False)
+    model = YOLO({project!r} + "/yolo/weights/last.pt")
+    out = []
+    for result in model.predict(source={images!r}, imgsz={imgsz}, conf=0.001, iou=0.7,
+                                max_det=300, device="cpu", verbose=False, stream=True):
+        b = result.boxes
+        out.append({{"file": result.path, "boxes": b.xyxy.tolist(), "scores": b.conf.tolist(),
+                    "classes": b.cls.tolist()}})
+    json.dump(out, open({result_file!r}, "w"))
+    """
+)
+
+
+def run_yolo(
+    python: str, paths: dict, run: Path, minutes: float, seed: int, threads: int, imgsz: int
+) -> dict:
+    from tunedet.evaluation import coco_evaluate
+
+    run.mkdir(parents=True, exist_ok=True)
+    images = sorted(str(p) for p in (paths["test"].parent / "images").glob("*.png"))
+    result_file = run / "predictions.json"
+    script = YOLO_SCRIPT.format(
+        threads=threads, imgsz=imgsz, data=str(paths["yolo"]), hours=minutes / 60, seed=seed,
+        project=str(run), images=images, result_file=str(result_file),
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
+    start = time.monotonic()
+    subprocess.run([python, "-c", script], check=True, env=env, cwd=run)
+    wall = (time.monotonic() - start) / 60
+    gt = json.loads(paths["test"].read_text())
+    ids = {Path(im["file_name"]).stem: im["id"] for im in gt["images"]}
+    results = [
+        {
+            "image_id": ids[Path(item["file"]).stem],
+            "category_id": int(c),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": s,
+        }
+        for item in json.loads(result_file.read_text())
+        for (x0, y0, x1, y1), s, c in zip(
+            item["boxes"], item["scores"], item["classes"], strict=True
+        )
+    ]
+    metrics = coco_evaluate(gt, results)
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "iters": None, "min": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/fit_suite"))
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fit_table"))
+    parser.add_argument("--budget", type=float, default=15.0, help="wall minutes per run")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(NAMES)}")
+    parser.add_argument("--methods", default="fit,demo,hand,yolov8n")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--yolo-python", help="a Python with ultralytics (else no YOLOv8n rows)")
+    parser.add_argument("--yolo-imgsz", type=int, default=416)
+    parser.add_argument(
+        "--rank-check",
+        action="store_true",
+        help="train each fit trial again at the final length and print Spearman's rho",
+    )
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else NAMES
+    methods = args.methods.split(",")
+    suite = write_suite(args.root, names)
+    print("| dataset | seed | method | AP | AP50 | iterations | minutes |", flush=True)
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for name, paths in suite.items():
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for method in methods:
+                row = run_method(method, name, paths, seed, args)
+                if row is None:
+                    continue
+                iters = "" if row["iters"] is None else str(row["iters"])
+                print(
+                    f"| {name} | {seed} | {method} | {row['AP']:.3f} | {row['AP50']:.3f} | "
+                    f"{iters} | {row['min']:.1f} |",
+                    flush=True,
+                )
+                if row.get("note"):
+                    print(f"<!-- {name} seed {seed}: {row['note']} -->", flush=True)
+
+
+def run_method(method: str, name: str, paths: dict, seed: int, args: argparse.Namespace):
+    """One row's figures, or None when the method has no row for this dataset."""
+    run = args.work_dir / name / str(seed) / method
+    if method == "fit":
+        return run_fit(paths, run, args.budget, seed, args.threads, args.rank_check)
+    if method == "demo":
+        return run_recipe("retinanet/demo", paths, run, args.budget, seed, args.threads)
+    if method == "hand":
+        hand = paths["hand"]
+        if not hand or hand == "retinanet/demo":
+            return None
+        return run_recipe(hand, paths, run, args.budget, seed, args.threads)
+    if method == "yolov8n":
+        if not args.yolo_python:
+            return None
+        return run_yolo(
+            args.yolo_python, paths, run, args.budget, seed, args.threads, args.yolo_imgsz
+        )
+    raise SystemExit(f"unknown method {method!r} (fit, demo, hand, yolov8n)")
+
+
+if __name__ == "__main__":
+    main()
