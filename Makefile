@@ -1,6 +1,8 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# the versions tested; pyproject.toml declares the supported range
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install install-dev demo test lint format clean
 
@@ -9,11 +11,11 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet $(TORCH_PINS) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(TORCH_PINS) -e ".[dev]"
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -19,12 +19,12 @@ def tiny_checkpoint(tmp_path, tiny_demo) -> str:
     return str(path)
 
 
-def test_export_onnx_and_torchscript_print_the_difference(tmp_path, tiny_demo, capsys):
+def test_export_raw_onnx_and_torchscript_print_the_difference(tmp_path, tiny_demo, capsys):
     ckpt = tiny_checkpoint(tmp_path, tiny_demo)
     for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
         out = tmp_path / name
         argv = ["export", "retinanet/demo", *tiny_demo, "threads=1", "--checkpoint", ckpt]
-        assert main([*argv, "--format", fmt, "--out", str(out), "--fold-bn"]) == 0
+        assert main([*argv, "--format", fmt, "--raw", "--out", str(out), "--fold-bn"]) == 0
         assert out.is_file() and out.stat().st_size > 0
         printed = capsys.readouterr().out
         diff = float(printed.split("max abs difference vs eager (cls_logits, box_deltas): ")[1])
@@ -34,7 +34,8 @@ def test_export_onnx_and_torchscript_print_the_difference(tmp_path, tiny_demo, c
 def test_export_fails_above_tolerance(tmp_path, tiny_demo, capsys):
     ckpt = tiny_checkpoint(tmp_path, tiny_demo)
     argv = ["export", "retinanet/demo", *tiny_demo, "threads=1", "--checkpoint", ckpt]
-    code = main([*argv, "--out", str(tmp_path / "m.onnx"), "--tolerance", "0", "--fold-bn"])
+    out = str(tmp_path / "m.onnx")
+    code = main([*argv, "--raw", "--out", out, "--tolerance", "0", "--fold-bn"])
     err = capsys.readouterr().err
     assert code == 2 and "differ from eager" in err
 

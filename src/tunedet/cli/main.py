@@ -136,7 +136,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stats_from_eval,
     )
 
-    cfg = _load(args.config, args.overrides)
+    checkpoint, config = _checkpoint_and_config(args)
+    if args.save_json:
+        _refuse_existing(Path(args.save_json), args.force, checkpoint)
+    cfg = _checkpoint_config(checkpoint, config, args.overrides)
     if args.voc_dir:
         # Keep the recipe's VOC settings (tiling, class renames) and read another folder.
         keep = (
@@ -145,12 +148,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             else {}
         )
         keep.update(type="voc", root=args.voc_dir, files=None, exclude=None)
-        cfg = _load(args.config, [*args.overrides, f"data.val={json.dumps(keep)}"])
+        overrides = [*args.overrides, f"data.val={json.dumps(keep)}"]
+        cfg = _checkpoint_config(checkpoint, config, overrides)
     if cfg.data.val is None:
         raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
-    model, device = _model_from_checkpoint(cfg, args.checkpoint)
+    model, device = _model_from_checkpoint(cfg, checkpoint)
     dataset = build_dataset(cfg.data.val)
     results = predict_dataset(model, dataset, cfg, device)
+    if args.save_json:
+        _write_json(Path(args.save_json), coco_results_in_file_ids(results, cfg.data.val, dataset))
+        print(
+            f"wrote {len(results)} detections (COCO results) to {args.save_json}", file=sys.stderr
+        )
     gt = dataset.coco_ground_truth()
     # The config's metric at the top level (as training logs it), then the details.
     if cfg.eval.metric == "coco":
@@ -171,44 +180,204 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def coco_results_in_file_ids(results: list[dict], spec, dataset) -> list[dict]:
+    """``results`` (category id = 0-based label, as the dataset's own GT numbers them) with
+    the category ids of the annotation file for a COCO dataset (matched by class name), so
+    that they load against that file (pycocotools' ``loadRes``); other datasets' ids stay
+    the labels."""
+    if getattr(spec, "type", None) != "coco":
+        return results
+    from tunedet.data.coco import load_coco_json
+
+    file_ids: dict[str, int] = {}
+    for category in load_coco_json(spec.ann_file).get("categories") or []:
+        file_ids.setdefault(str(category["name"]), int(category["id"]))
+    ids = [file_ids[name] for name in dataset.classes]
+    return [{**r, "category_id": ids[r["category_id"]]} for r in results]
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
-    import torch
-
     from tunedet.analysis.draw import draw_detections
-    from tunedet.data.build import load_images_for_inference
-    from tunedet.engine.test_time_augmentation import with_tta
+    from tunedet.api import Detector, load_model, read_rgb
+    from tunedet.data.build import IMAGE_SUFFIXES
 
-    cfg = _load(args.config, args.overrides)
-    model, device = _model_from_checkpoint(cfg, args.checkpoint)
-    model = with_tta(model, cfg)  # eval.tta: the image's flips too, merged
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    classes = model.classes
-    all_results = []
-    for path, batch, image in load_images_for_inference(args.images, cfg):
-        batch = batch.to(device)
-        if cfg.eval.sliced is not None:  # tiles of the whole image, merged (eval.sliced)
-            from tunedet.engine.sliced_inference import sliced_predict_with_config
-
-            pred, scale = sliced_predict_with_config(model, image, cfg, device), 1.0
+    checkpoint, config = _checkpoint_and_config(args)
+    files: list[Path] = []
+    for name in args.images:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
         else:
-            with torch.no_grad():
-                pred = model.predict(batch.images, batch.image_sizes)[0]
-            scale = batch.metas[0]["scale"]
-        keep = pred["scores"] >= args.score_thr
-        boxes = (pred["boxes"][keep] / scale).cpu().tolist()
-        scores = pred["scores"][keep].cpu().tolist()
-        labels = pred["labels"][keep].cpu().tolist()
-        result = {"file": str(path), "boxes": boxes, "scores": scores, "labels": labels}
-        if classes:
-            result["names"] = [classes[label] for label in labels]
-        all_results.append(result)
-        draw_detections(image, boxes, scores, labels, classes).save(
-            out_dir / f"{Path(path).stem}.png"
-        )
-    (out_dir / "detections.json").write_text(json.dumps(all_results, indent=1))
-    print(f"wrote {len(all_results)} images and detections.json to {out_dir}")
+            raise FileNotFoundError(f"{path}: no such image file or folder")
+    detector = Detector(*load_model(checkpoint, config, args.overrides))
+    out_dir = new_numbered_dir(Path(args.out))
+    found = []
+    for path in files:
+        image = read_rgb(path)
+        detections = detector.predict(image, score_thr=args.score_thr)[0]
+        found.append((path, image.shape[:2], detections))
+        if not args.no_draw:
+            draw_detections(
+                image,
+                detections.boxes.tolist(),
+                detections.scores.tolist(),
+                detections.labels.tolist(),
+                detector.class_names or None,
+            ).save(out_dir / f"{path.stem}.png")
+    written = write_detections(out_dir, found, detector.class_names, args.format)
+    print(f"wrote {len(found)} images ({args.format}: {written.name}) to {out_dir}")
     return 0
+
+
+def new_numbered_dir(base: Path) -> Path:
+    """Create and return ``base``, or ``base2``, ``base3``, ... the first that does not exist
+    (``mkdir`` without ``exist_ok``: two runs at once never share one)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 10_000):
+        path = base if number == 1 else base.with_name(f"{base.name}{number}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ValueError(f"{base}: 9999 numbered directories already exist")
+
+
+def write_detections(out_dir: Path, found: list, class_names: list[str], fmt: str) -> Path:
+    """Write ``found = [(path, (height, width), Detections)]`` in ``out_dir`` as
+
+    - ``json``: ``detections.json``, per image ``file``, ``boxes`` xyxy px, ``scores``,
+      0-based ``labels`` and their ``names``;
+    - ``coco``: ``annotations.json``, a COCO file (``images`` with ``file_name``, ``width``,
+      ``height``; ``categories`` with id ``label + 1``; ``annotations`` with ``bbox``
+      [x, y, w, h] and ``score``);
+    - ``csv``: ``detections.csv``, one row per box: file, x1, y1, x2, y2, score, label, name;
+    - ``yolo``: ``labels/<image stem>.txt``, one line per box ``label cx cy w h score``
+      (normalised by the image's size, as ultralytics' ``save_txt`` with ``save_conf``),
+      and ``classes.txt``.
+    Returns the file (or folder) written."""
+    import csv
+
+    def name(label: int) -> str:
+        return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+    if fmt == "json":
+        rows = [
+            {
+                "file": str(path),
+                "boxes": d.boxes.tolist(),
+                "scores": d.scores.tolist(),
+                "labels": d.labels.tolist(),
+                "names": list(d.names),
+            }
+            for path, _, d in found
+        ]
+        return _write_json(out_dir / "detections.json", rows)
+    if fmt == "coco":
+        num_labels = max(
+            [len(class_names), *(int(d.labels.max()) + 1 for *_, d in found if len(d))]
+        )
+        coco = {
+            "images": [
+                {"id": i, "file_name": str(path), "height": int(h), "width": int(w)}
+                for i, (path, (h, w), _) in enumerate(found, start=1)
+            ],
+            "categories": [{"id": label + 1, "name": name(label)} for label in range(num_labels)],
+            "annotations": [],
+        }
+        for image_id, (_, _, d) in enumerate(found, start=1):
+            for box, score, label in zip(
+                d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True
+            ):
+                w, h = box[2] - box[0], box[3] - box[1]
+                coco["annotations"].append(
+                    {
+                        "id": len(coco["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": int(label) + 1,
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                        "score": score,
+                    }
+                )
+        return _write_json(out_dir / "annotations.json", coco)
+    if fmt == "csv":
+        path = out_dir / "detections.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "x1", "y1", "x2", "y2", "score", "label", "name"])
+            for file, _, d in found:
+                for box, score, label in zip(
+                    d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True
+                ):
+                    writer.writerow(
+                        [str(file), *(f"{v:.2f}" for v in box), f"{score:.5f}", label, name(label)]
+                    )
+        return path
+    if fmt == "yolo":
+        folder = out_dir / "labels"
+        folder.mkdir()
+        for file, (h, w), d in found:
+            lines = [
+                f"{label} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+                f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f} {score:.5f}"
+                for b, score, label in zip(
+                    d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True
+                )
+            ]
+            (folder / f"{Path(file).stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+        (out_dir / "classes.txt").write_text("".join(f"{n}\n" for n in class_names))
+        return folder
+    raise ValueError(f"unknown detections format '{fmt}' (choices: json, coco, csv, yolo)")
+
+
+def _write_json(path: Path, value) -> Path:
+    """Write ``value`` as JSON to ``path`` through a temporary file (whole or not at all)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value))
+    os.replace(partial, path)
+    return path
+
+
+def _refuse_existing(path: Path, force: bool, checkpoint: str | None = None) -> None:
+    """Refuse to write ``path`` over the checkpoint (ever) or over any existing file
+    (unless ``force``)."""
+    if checkpoint is not None and path.exists() and path.resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"{path}: is the checkpoint itself; choose another output path")
+    if path.exists() and not force:
+        raise ValueError(f"{path}: already exists; pass --force to overwrite it")
+
+
+def _checkpoint_and_config(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``(checkpoint, config or None)`` from ``TARGET [--checkpoint CKPT] [--config CFG]``:
+    ``tunedet CMD CKPT`` (the checkpoint's own config, or --config) or the older
+    ``tunedet CMD CONFIG --checkpoint CKPT``."""
+    if args.checkpoint:
+        if args.config:
+            raise ValueError(
+                "give the config once: CONFIG --checkpoint CKPT, or CKPT --config CONFIG"
+            )
+        return args.checkpoint, args.target
+    if Path(args.target).suffix.lower() in (".yaml", ".yml"):
+        raise ValueError(f"{args.target} is a config: pass the checkpoint too (--checkpoint CKPT)")
+    return args.target, args.config
+
+
+def _checkpoint_config(checkpoint: str, config: str | None, overrides: list[str]):
+    """The config of ``checkpoint``: ``config`` (a path or built-in name) when given, else
+    the one the checkpoint carries; dotted ``overrides`` applied."""
+    if config is not None:
+        return _load(config, overrides)
+    from tunedet.api import config_from_checkpoint
+    from tunedet.engine.checkpoint import load_checkpoint
+
+    return config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -290,6 +459,14 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_checkpoint_target(p: argparse.ArgumentParser) -> None:
+    """``TARGET`` is a checkpoint (its own config is used, or --config), or a config with
+    ``--checkpoint CKPT`` (the older form)."""
+    p.add_argument("target", metavar="CKPT", help="checkpoint (or a config with --checkpoint)")
+    p.add_argument("--checkpoint", help="the checkpoint, when CKPT is a config")
+    p.add_argument("--config", help="config to use instead of the checkpoint's own")
+
+
 def _add_command_modules(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own module: each module of ``tunedet.cli`` (besides
     ``main`` and ``analyze``) that defines ``add_command(subparsers)`` adds one parser and
@@ -308,11 +485,30 @@ def _add_command_modules(sub: argparse._SubParsersAction) -> None:
             add(sub)
 
 
+def version_line() -> str:
+    """``tunedet X (torch Y, torchvision Z)``, read from the installed metadata (no import)."""
+    from importlib import metadata
+
+    import tunedet
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"tunedet {tunedet.__version__} "
+        f"(torch {installed('torch')}, torchvision {installed('torchvision')})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunedet",
         description="Object-detection training where every knob is a typed config key.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a config (path or built-in name)")
@@ -321,21 +517,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="run directory (default: runs/<config name>)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation data")
-    p.add_argument("config")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its config's validation data")
+    _add_checkpoint_target(p)
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--checkpoint", required=True)
     p.add_argument("--voc-dir", help="evaluate on this Pascal VOC folder instead of data.val")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument(
+        "--save-json", metavar="PATH", help="write the detections as a COCO results file"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --save-json file")
     _add_evaluation_options(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("infer", help="detect objects in images; writes JSON and drawn PNGs")
-    p.add_argument("config")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="runs/infer")
+    p = sub.add_parser("infer", help="detect objects in images; writes detections and drawn PNGs")
+    _add_checkpoint_target(p)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument(
+        "--out",
+        default="runs/infer",
+        help="output folder; a new numbered one (runs/infer2, ...) when it exists",
+    )
+    p.add_argument(
+        "--format",
+        choices=["json", "coco", "csv", "yolo"],
+        default="json",
+        help="detections file: json (default), coco, csv or yolo txt",
+    )
     p.add_argument("--score-thr", type=float, default=0.3)
+    p.add_argument("--no-draw", action="store_true", help="do not write drawn PNGs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
 
