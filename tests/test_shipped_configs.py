@@ -44,7 +44,8 @@ def one_iteration(raw: dict) -> dict:
     model = raw["model"]
     declared = [model.get(k, {}).get("input_size") for k in ("neck", "anchor_generator")]
     size = next((s for s in declared if s), 64)
-    classes = min(3, model["num_classes"])  # labels must exist in the model
+    classes = min(3, model.get("num_classes") or 3)  # the synthetic set has 1..5 classes
+    model = raw["model"] = {**model, "num_classes": classes}  # the data's count, or refused
     data = {
         **TINY_DATA,
         "train": {**TINY_DATA["train"], "image_size": size, "num_classes": classes},

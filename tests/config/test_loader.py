@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tunedet.config.loader import (
@@ -126,3 +128,100 @@ def test_readme_config_reference_is_up_to_date():
     assert current.strip() == reference_markdown().strip(), (
         "README's config reference is stale: run python -m tunedet.config.reference --write README.md"
     )
+
+
+def test_base_accepts_a_builtin_name_and_refuses_a_non_name(tmp_path: Path):
+    (tmp_path / "mine.yaml").write_text("_base_: retinanet/demo\noptim: {lr: 0.003}\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.model.type == "retinanet" and cfg.optim.lr == pytest.approx(0.003)
+    (tmp_path / "five.yaml").write_text("_base_: 5\n")
+    with pytest.raises(ConfigError, match=r"five\.yaml: _base_ must be .*got 5"):
+        load_config(tmp_path / "five.yaml")
+    (tmp_path / "typo.yaml").write_text("_base_: retinanet/dmeo\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: _base_ 'retinanet/dmeo' not found.*"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_relative_data_paths_resolve_against_the_yaml_that_names_them(tmp_path: Path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "trees").mkdir(parents=True)
+    (project / "configs").mkdir()
+    (project / "configs" / "base.yaml").write_text(
+        "_base_: retinanet/demo\n"
+        "data:\n  train: {type: voc, root: ../trees, classes: [tree]}\n"
+        "  val: {type: voc, root: ../trees}\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "child.yaml").write_text(
+        "_base_: ../project/configs/base.yaml\ndata: {val: {root: held_out}}\n"
+    )
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(tmp_path / "elsewhere" / "child.yaml")
+    assert cfg.data.train.root == str(project / "trees")  # named by base.yaml
+    assert cfg.data.val.root == str(tmp_path / "elsewhere" / "held_out")  # named by child.yaml
+    assert cfg.data.val.classes == ["tree"]  # not repeated per split
+    assert cfg.model.num_classes == 1  # from the data
+    # an override names a path from the current directory
+    cfg = load_config(tmp_path / "elsewhere" / "child.yaml", ["data.val.root=x"])
+    assert cfg.data.val.root == "x"
+
+
+def test_shipped_trees_config_finds_its_data_from_any_directory(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("trees/retinanet_tiles")
+    trees = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "trees"
+    assert Path(cfg.data.train.root) == trees.resolve()
+
+
+def test_yaml_alias_bomb_is_refused_fast_in_one_short_line(tmp_path: Path):
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert bomb.stat().st_size < 600  # 9^9 = 387M strings once expanded
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_config(bomb)
+    assert time.perf_counter() - started < 2
+    message = str(info.value)
+    assert "bomb.yaml: expands to more than" in message and len(message) < 200
+
+
+def test_deeply_nested_yaml_and_override_are_refused_in_one_line(tmp_path: Path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: nested deeper than"):
+        load_config(deep)
+    with pytest.raises(ConfigError, match="override 'seed': nested deeper than"):
+        load_config(DEMO, ["seed=" + "[" * 80 + "]" * 80])
+
+
+def test_long_invalid_value_is_shortened_in_the_error():
+    with pytest.raises(ConfigError) as info:
+        load_config(DEMO, ["seed=" + "x" * 5000])
+    assert "seed:" in str(info.value) and len(str(info.value)) < 300
+
+
+def test_device_is_checked_at_load():
+    with pytest.raises(ConfigError, match=r"device: not a device: 'gpu7'"):
+        load_config(DEMO, ["device=gpu7"])
+    assert load_config(DEMO, ["device=cpu"]).device == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device: 'cuda': CUDA is not available"):
+            load_config(DEMO, ["device=cuda"])
+    else:
+        with pytest.raises(ConfigError, match=r"device: 'cuda:99': this machine has"):
+            load_config(DEMO, ["device=cuda:99"])
+
+
+def test_num_classes_is_taken_from_the_data_and_a_contradiction_refused():
+    cfg = load_config(DEMO, ["data.train.num_classes=2"])
+    assert cfg.model.num_classes == 2
+    with pytest.raises(ConfigError) as info:
+        load_config(DEMO, ["model.num_classes=2"])  # the demo's synthetic data has 3
+    message = str(info.value)
+    assert "model.num_classes is 2 but data.train (synthetic) has 3 classes" in message
+    with pytest.raises(ConfigError, match=r"model\.num_classes: .*less than or equal to 100000"):
+        load_config(DEMO, ["model.num_classes=100000000"])  # refused before any allocation

@@ -3,6 +3,20 @@
 Merge rules (no ``_delete_`` needed): dicts merge key by key; a list replaces;
 a dict whose ``type`` differs from the base's ``type`` replaces the base dict
 instead of being merged into something half-valid.
+
+``_base_`` names a YAML file relative to the file that names it, or a built-in
+config (``retinanet/demo``). Relative data paths (``ann_file``, ``img_dir``,
+``root``, ``label_dir`` of ``data.train``/``data.val``) resolve against the folder
+of the YAML file that names them, so a config runs from any directory; where
+nothing exists there but the path exists from the current directory, that one is
+used (configs written for the repository root keep working). The built-in
+recipes' ``data/coco/...`` paths stay relative to the current directory.
+``data: PATH`` in a file, or the override ``data=PATH``, reads an ultralytics
+dataset YAML or a dataset folder (data/dataset_files.py).
+
+Resource limits: a YAML document that expands (through aliases) to more than
+``MAX_YAML_VALUES`` values, or nests deeper than ``MAX_NESTING`` levels, is refused
+in one line before anything walks it.
 """
 
 from __future__ import annotations
@@ -19,10 +33,30 @@ from pydantic import BaseModel, ValidationError
 from tunedet.config.schema import root_model
 
 BUILTIN_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MAX_YAML_VALUES = 100_000  # a config has a few hundred; an alias bomb has billions
+MAX_NESTING = 50  # levels of mappings/lists in a YAML or JSON document
+DATA_PATH_KEYS = ("ann_file", "img_dir", "root", "label_dir")
 
 
 class ConfigError(ValueError):
     """A config that cannot be loaded; the message names the file or dotted key."""
+
+
+def builtin_config_names() -> list[str]:
+    return sorted(
+        str(p.relative_to(BUILTIN_CONFIG_DIR).with_suffix(""))
+        for p in BUILTIN_CONFIG_DIR.rglob("*.yaml")
+    )
+
+
+def _builtin_path(name: str) -> Path | None:
+    builtin = BUILTIN_CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return builtin.resolve() if builtin.is_file() else None
+
+
+def _builtin_hint(name: str) -> str:
+    close = difflib.get_close_matches(str(name), builtin_config_names(), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -30,18 +64,59 @@ def resolve_config_path(name: str | Path) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    builtin = BUILTIN_CONFIG_DIR / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
-    if builtin.is_file():
+    if path.is_dir():
+        raise ConfigError(f"config '{name}' is a directory, not a YAML file")
+    builtin = _builtin_path(str(name))
+    if builtin is not None:
         return builtin
-    known = sorted(
-        str(p.relative_to(BUILTIN_CONFIG_DIR).with_suffix(""))
-        for p in BUILTIN_CONFIG_DIR.rglob("*.yaml")
-    )
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
-        f"config '{name}' not found: no such file and no built-in config{hint} (built-in: {', '.join(known)})"
+        f"config '{name}' not found: no such file and no built-in config{_builtin_hint(str(name))} "
+        f"(built-in: {', '.join(builtin_config_names())})"
     )
+
+
+def check_size(data: Any, source: str) -> None:
+    """Refuse a parsed document that nests deeper than ``MAX_NESTING`` levels or expands
+    to more than ``MAX_YAML_VALUES`` values, counting an alias once per use (the
+    billion-laughs document is tiny as YAML, and billions of values once walked)."""
+    sizes: dict[int, int] = {}
+
+    def count(node: Any, depth: int) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        if depth >= MAX_NESTING:
+            raise ConfigError(f"{source}: nested deeper than {MAX_NESTING} levels; refused")
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        for child in node.values() if isinstance(node, dict) else node:
+            total += count(child, depth + 1)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(
+                    f"{source}: expands to more than {MAX_YAML_VALUES} values "
+                    "(YAML aliases used many times?); refused"
+                )
+        sizes[id(node)] = total
+        return total
+
+    count(data, 0)
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with the size and nesting limits (`check_size`); errors name
+    ``source`` and the line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{source}{where}: invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested deeper than {MAX_NESTING} levels; refused") from None
+    check_size(data, source)
+    return data
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -49,13 +124,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
+    data = parse_yaml_text(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -75,8 +146,55 @@ def merge(base: Any, update: Any) -> Any:
     return merged
 
 
+def resolve_data_path(value: str, folder: Path, builtin: bool) -> str:
+    """A relative data path named in a YAML file in ``folder`` (see the module docstring)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = (folder / path).resolve()
+    if beside.exists() or (not builtin and not path.exists()):
+        return str(beside)
+    return str(path.resolve()) if path.exists() else value
+
+
+def resolve_data_paths(data: dict[str, Any], path: Path) -> None:
+    """Resolve the relative paths of ``data.train``/``data.val`` named in the file ``path``
+    (its parsed content ``data``), in place."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    builtin = path.is_relative_to(BUILTIN_CONFIG_DIR)
+    for split in ("train", "val"):
+        spec = section.get(split)
+        if not isinstance(spec, dict):
+            continue
+        for key in DATA_PATH_KEYS:
+            if isinstance(spec.get(key), str) and spec[key]:
+                spec[key] = resolve_data_path(spec[key], path.parent, builtin)
+
+
+def _base_path(path: Path, base: Any) -> Path:
+    """The file of one ``_base_`` entry of ``path``: relative to it, or a built-in name."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(
+            f"{path}: _base_ must be a YAML file or a built-in config name (or a list of "
+            f"them), got {base!r}"
+        )
+    local = path.parent / base
+    if local.is_file():
+        return local.resolve()
+    builtin = _builtin_path(base)
+    if builtin is not None:
+        return builtin
+    raise ConfigError(
+        f"{path}: _base_ '{base}' not found: no file {local.resolve()} and no built-in "
+        f"config{_builtin_hint(base)}"
+    )
+
+
 def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read ``path`` and resolve its ``_base_`` files (relative to it), deepest first."""
+    """Read ``path`` and resolve its ``_base_`` files (relative to it, or built-in names),
+    deepest first; its relative data paths become paths from its folder."""
     path = resolve_config_path(path) if not _chain else Path(path)
     path = path.resolve()
     if path in _chain:
@@ -84,17 +202,53 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"_base_ cycle: {cycle}")
     data = read_yaml(path)
     bases = data.pop("_base_", [])
-    if isinstance(bases, str):
+    if isinstance(bases, str) or not isinstance(bases, list):
         bases = [bases]
+    source = data.pop("data") if isinstance(data.get("data"), str) else None
+    resolve_data_paths(data, path)
     merged: dict[str, Any] = {}
     for base in bases:
-        base_path = (path.parent / base).resolve()
-        if not base_path.is_file():
-            raise ConfigError(
-                f"{path}: _base_ file '{base}' not found (looked in {base_path.parent})"
-            )
-        merged = merge(merged, load_raw(base_path, (*_chain, path)))
-    return merge(merged, data)
+        merged = merge(merged, load_raw(_base_path(path, base), (*_chain, path)))
+    merged = merge(merged, data)
+    if source is not None:
+        explicit = (
+            data.get("model", {}).get("num_classes")
+            if isinstance(data.get("model"), dict)
+            else None
+        )
+        apply_data_source(
+            merged, resolve_data_path(source, path.parent, False), f"{path}: data", explicit
+        )
+    return merged
+
+
+def apply_data_source(
+    raw: dict[str, Any], source: str, where: str, explicit_num_classes: Any = None
+) -> None:
+    """``data: PATH`` / ``data=PATH``: ``data.train``, ``data.val`` and ``model.num_classes``
+    from an ultralytics dataset YAML or a dataset folder (other ``data`` keys are kept)."""
+    from tunedet.data.dataset_files import DatasetFileError, dataset_splits
+
+    try:
+        splits = dataset_splits(source)
+    except DatasetFileError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    count = len(splits.classes)
+    if explicit_num_classes is not None and explicit_num_classes != count:
+        raise ConfigError(
+            f"{where}: model.num_classes is {explicit_num_classes} but {source} has {count} "
+            f"classes ({', '.join(splits.classes[:10])}{', ...' if count > 10 else ''})"
+        )
+    section = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    section["train"] = splits.train
+    if splits.val is not None:
+        section["val"] = splits.val
+    else:
+        section.pop("val", None)
+    raw["data"] = section
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    model["num_classes"] = count
+    raw["model"] = model
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -106,6 +260,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
+    except RecursionError:
+        raise ConfigError(
+            f"override '{key}': nested deeper than {MAX_NESTING} levels; refused"
+        ) from None
+    check_size(value, f"override '{key}'")
+    if key.strip() == "data" and isinstance(value, str):
+        apply_data_source(raw, value, "data=")
+        return
     parts = key.strip().split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -142,10 +304,16 @@ def validate(raw: dict[str, Any], source: str = "config") -> BaseModel:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BaseModel:
     """Load, merge, override and validate an experiment config."""
+    from tunedet.data.classes import resolve_num_classes
+
     raw = load_raw(path)
-    for override in overrides:
+    # ``data=PATH`` first: it sets model.num_classes, which a later override may contradict
+    first = [o for o in overrides if o.split("=", 1)[0].strip() == "data"]
+    for override in [*first, *(o for o in overrides if o not in first)]:
         apply_override(raw, override)
-    return validate(raw, source=str(path))
+    cfg = validate(raw, source=str(path))
+    resolve_num_classes(cfg, source=str(path))
+    return cfg
 
 
 def config_to_yaml(cfg: BaseModel) -> str:
@@ -279,6 +447,10 @@ def describe_error(model: type[BaseModel], raw: dict[str, Any], error: dict[str,
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{dotted}: unknown {component} {error.get('input')!r}{hint} (choices: {', '.join(expected)})"
     message = error["msg"]
+    if kind == "value_error":  # a validator's own sentence, without pydantic's prefix
+        message = str(error.get("ctx", {}).get("error", message))
     if kind == "missing":
         return f"{dotted}: required key is missing"
-    return f"{dotted}: {message} (got {error.get('input')!r})"
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
+    return f"{dotted}: {message} (got {shown})"

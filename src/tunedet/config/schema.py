@@ -13,7 +13,7 @@ import inspect
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from tunedet.config.registry import REGISTRIES
 
@@ -51,12 +51,21 @@ def _signature_fields(target: Any, skip: tuple[str, ...]) -> dict[str, tuple[Any
     return fields
 
 
+# More classes than any detection vocabulary (LVIS 1203, V3Det 13204): a typo such as
+# 1e8 would otherwise allocate a classifier of hundreds of GB before failing.
+MAX_NUM_CLASSES = 100_000
+NumClasses = Annotated[int, Field(ge=1, le=MAX_NUM_CLASSES)]
+
+
 @functools.cache
 def component_model(kind: str, name: str) -> type[BaseModel]:
     """The pydantic model of one registered component, generated from its signature."""
     entry = REGISTRIES[kind].get(name)
     component_slots = [arg for arg in entry.injected if arg in REGISTRIES]
     fields = _signature_fields(entry.target, skip=entry.injected)
+    if kind == "detector" and "num_classes" in fields:
+        # optional: taken from the training data when left out (data/classes.py)
+        fields["num_classes"] = (NumClasses | None, None)
     for slot in component_slots:
         defaults = getattr(entry.target, "default_components", {})
         default = defaults.get(slot, ...)
@@ -82,6 +91,34 @@ def component_union(kind: str) -> Any:
     if len(members) == 1:
         return members[0]
     return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
+
+
+def check_device(name: str) -> str:
+    """A ``device`` value this machine has: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    import torch
+
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"not a device: {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name!r}: CUDA is not available on this machine (use auto or cpu)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{name!r}: MPS is not available on this machine (use auto or cpu)")
+    elif device.type != "cpu":
+        raise ValueError(f"{name!r}: not supported (use auto, cpu, cuda, cuda:N or mps)")
+    return name
+
+
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class SamplerConfig(Section):
@@ -249,7 +286,7 @@ def root_model() -> type[BaseModel]:
         __doc__="One experiment.",
         seed=(int, 0),
         deterministic=(bool, False),
-        device=(str, "auto"),
+        device=(Device, "auto"),
         threads=(Annotated[int, Field(ge=1)] | None, None),
         work_dir=(str | None, None),
         model=(component_union("detector"), ...),

@@ -140,20 +140,102 @@ def resolve_check(check_images: ImageCheck, num_images: int) -> bool:
     return check_images == "full"
 
 
+# EXIF orientations 5-8 transpose the stored pixels (90° turns, with or without a flip)
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+_TRANSPOSE_OF_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # as ImageOps.exif_transpose
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened, not yet decoded image; 1 without one.
+
+    A PNG's EXIF is read only where it precedes the pixel data (reading it from after
+    the pixels would decode the whole file at every header check)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):  # an unreadable EXIF block
+        return 1
+    return orientation if orientation in _TRANSPOSE_OF_ORIENTATION else 1
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as shown, after its EXIF orientation (the
+    frame boxes are drawn in; see `to_rgb8`)."""
+    width, height = image.size
+    if exif_orientation(image) in TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def to_rgb8(image: Image.Image, file: str, orientation: int = 1) -> np.ndarray:
+    """An opened image as ``(H, W, 3) uint8`` RGB, as shown.
+
+    - ``orientation`` (`exif_orientation`, read before decoding) is applied as
+      ``ImageOps.exif_transpose`` applies it, so pixels and boxes share
+      the frame a viewer or labelling tool shows. ultralytics does the same: it reads
+      images with ``cv2.imread`` (which applies the orientation) and computes label
+      sizes with ``exif_size`` (orientations 6 and 8 swap width and height).
+    - 16-bit and 32-bit integer images are scaled from 0..65535 to 0..255 (as OpenCV
+      converts 16-bit images); float images in [0, 1] are scaled by 255, in [0, 255]
+      kept; other values (negative, above the range, NaN) are refused with `DataError`.
+      Grey images are repeated over the three channels.
+    """
+    if orientation in _TRANSPOSE_OF_ORIENTATION:
+        image = image.transpose(_TRANSPOSE_OF_ORIENTATION[orientation])
+    if image.mode not in HIGH_DEPTH_MODES:
+        return np.array(image.convert("RGB"))
+    values = np.asarray(image)
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values).all()
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not finite or low < 0 or high > 255:
+            shown = "non-finite values" if not finite else f"values {low:g}..{high:g}"
+            raise DataError(
+                f"{file}: float image with {shown}; expected [0, 1] or [0, 255] "
+                "(convert it to 8 bits)"
+            )
+        scaled = values * 255.0 if high <= 1.0 else values.astype(np.float64)
+    else:
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DataError(
+                f"{file}: {image.mode} image with values {low}..{high}, beyond 16 bits "
+                "(convert it to 8 bits)"
+            )
+        scaled = values.astype(np.float64) * (255.0 / 65535.0)
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def read_image_size(path: Path, full: bool) -> tuple[int, int]:
-    """``(width, height)`` of an image file; with ``full`` also check its pixel data.
+    """``(width, height)`` of an image file as shown (after its EXIF orientation); with
+    ``full`` also check its pixel data.
 
     Raises FileNotFoundError or one of PIL's errors on a bad file.
     """
     with Image.open(path) as image:
-        width, height = image.size
-        if full:
-            if image.format == "PNG":
-                image.verify()
-            else:
-                if image.format == "JPEG":
-                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                image.load()
+        width, height = oriented_size(image)
+        png = image.format == "PNG"
+        if full and not png:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    if full and png:
+        with Image.open(path) as image:  # verify() must follow open() directly
+            image.verify()
     return width, height
 
 
@@ -172,10 +254,15 @@ def checked_image_size(
 
 
 def load_rgb(path: Path, file: str) -> np.ndarray:
-    """Decode an image file as ``(H, W, 3) uint8`` RGB; `DataError` naming ``file`` if it fails."""
+    """Decode an image file as ``(H, W, 3) uint8`` RGB (`to_rgb8`); `DataError` naming
+    ``file`` if it fails."""
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            orientation = exif_orientation(image)
+            image.load()
+            return to_rgb8(image, file, orientation)
+    except DataError:
+        raise
     except _PIL_ERRORS as err:
         raise DataError(f"{file}: unreadable image: {type(err).__name__}: {err}") from err
 

@@ -29,7 +29,21 @@ SIZE_MISMATCH = "annotated image size differs from file (file size used)"
 
 
 class DataError(ValueError):
-    """Bad input met in strict mode; the message names the file (and line) and the reason."""
+    """Bad input met in strict mode, or an image that cannot be read; the message names the
+    file (and line) and the reason.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process built from
+    ``"Caught DataError in DataLoader worker process 0. Original Traceback ..."``; the
+    original one-line message (the traceback's last line) is kept instead, so the error
+    names the file, not the worker.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message)
+        if text.startswith("Caught ") and "DataLoader worker" in text:
+            _, _, original = text.rstrip().splitlines()[-1].partition(": ")
+            text = original or text
+        super().__init__(text, *args)
 
 
 def _one_line(text: str) -> str:

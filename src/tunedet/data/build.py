@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from tunedet.config.registry import build
+from tunedet.data.annotated_images import load_rgb
 from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
 from tunedet.data.samplers import (
     EpochBatchSampler,
@@ -103,11 +103,7 @@ def load_images_for_inference(
             raise FileNotFoundError(f"{path}: no such image file or folder")
     transforms = build_transforms(cfg.data.val_transforms)
     for image_id, path in enumerate(files):
-        try:
-            with Image.open(path) as handle:
-                image = np.asarray(handle.convert("RGB"))
-        except OSError as error:
-            raise ValueError(f"{path}: cannot read image ({error})") from None
+        image = load_rgb(path, str(path))
         sample = {
             "image": image,
             "boxes": np.zeros((0, 4), np.float32),

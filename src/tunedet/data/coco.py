@@ -17,6 +17,7 @@ and the COCO ground truth ``segmentation`` in original pixels.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,6 +48,12 @@ def load_coco_json(ann_file: str | Path) -> dict:
     try:
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
+    except OSError as err:
+        raise DataError(
+            f"{ann_file}: cannot read annotation file ({err.strerror or err})"
+        ) from None
+    except RecursionError:
+        raise DataError(f"{ann_file}: malformed annotation file: nested too deeply") from None
     except json.JSONDecodeError as err:
         raise DataError(
             f"{ann_file}:{err.lineno}: malformed annotation file: {err.msg} (column {err.colno})"
@@ -68,9 +75,40 @@ def load_coco_json(ann_file: str | Path) -> dict:
 
 def _int_id(entry: Any, key: str = "id") -> int:
     value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or int(value) != value
+    ):
         raise ValueError(f"{key} {value!r} is not an integer")
     return int(value)
+
+
+def coco_categories(data: dict, ann_file: str | Path, report: BadInputReport) -> dict[int, str]:
+    """``{category id: name}`` of a loaded COCO file; a malformed entry is counted in
+    ``report``, a category id used twice raises `DataError` (its boxes would silently
+    take the second name)."""
+    categories: dict[int, str] = {}
+    for k, cat in enumerate(data.get("categories") or []):
+        try:
+            cat_id, name = _int_id(cat), str(cat["name"])
+        except (KeyError, TypeError, ValueError) as err:
+            report.record(MALFORMED_ANNOTATION_SKIPPED, f"{ann_file} (category {k})", repr(err))
+            continue
+        if cat_id in categories:
+            raise DataError(
+                f"{ann_file}: category id {cat_id} is used twice "
+                f"({categories[cat_id]!r} and {name!r})"
+            )
+        categories[cat_id] = name
+    return categories
+
+
+def coco_class_names(ann_file: str | Path) -> list[str]:
+    """The class names of a COCO file, in label order (sorted by category id)."""
+    categories = coco_categories(load_coco_json(ann_file), ann_file, BadInputReport())
+    return [categories[i] for i in sorted(categories)]
 
 
 def _number(value: Any) -> bool:
@@ -109,12 +147,7 @@ class CocoDataset(AnnotatedImageDataset):
         report = BadInputReport(strict)
         image_root = Path(img_dir)
 
-        categories: dict[int, str] = {}
-        for k, cat in enumerate(data.get("categories") or []):
-            try:
-                categories[_int_id(cat)] = str(cat["name"])
-            except (KeyError, TypeError, ValueError) as err:
-                report.record(MALFORMED_ANNOTATION_SKIPPED, f"{ann_file} (category {k})", repr(err))
+        categories = coco_categories(data, ann_file, report)
         if classes is None:
             classes = [categories[i] for i in sorted(categories)]
             label_of_cat = {cat_id: i for i, cat_id in enumerate(sorted(categories))}

@@ -103,6 +103,31 @@ def _select_stems(xml_dir: Path, files: list[str] | None, exclude: list[str] | N
     return [s for s in stems if s not in dropped]
 
 
+def voc_class_names(
+    root: str | Path,
+    files: list[str] | None = None,
+    exclude: list[str] | None = None,
+    rename: dict[str, str] | None = None,
+) -> list[str]:
+    """The sorted set of (renamed) object names in a VOC folder's XML files: the classes
+    `VOCDataset` uses when none are given. Unparsable files are left to the reader."""
+    rename = rename or {}
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"VOC root folder {root} does not exist")
+    xml_dir = base / "Annotations" if (base / "Annotations").is_dir() else base
+    names = set()
+    for stem in _select_stems(xml_dir, files, exclude):
+        try:
+            root_el, _ = parse_xml_with_lines(xml_dir / f"{stem}.xml")
+        except (XMLParseError, OSError):
+            continue
+        for obj in root_el.iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            names.add(rename.get(name, name))
+    return sorted(n for n in names if n)
+
+
 @register("dataset", "voc")
 class VOCDataset(AnnotatedImageDataset):
     """Pascal VOC XML files with their images (devkit layout or a flat folder).

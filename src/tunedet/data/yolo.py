@@ -6,9 +6,10 @@ convention; a folder with no label file at all is an error (a wrong
 ``label_dir`` would otherwise silently give an empty dataset). A bad line is
 skipped and counted as ``file:line``.
 
-``label_dir=None``: when ``img_dir`` is named ``images`` and a sibling
-``labels`` folder exists, that one (the usual ``images/`` + ``labels/``
-layout); otherwise ``img_dir`` itself.
+``label_dir=None``: the ultralytics layout, ``img_dir`` with its last path
+component named ``images`` replaced by ``labels`` (``ds/images/train`` ->
+``ds/labels/train``, ``ds/images`` -> ``ds/labels``) when that folder exists;
+otherwise ``img_dir`` itself (labels beside the images).
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ from tunedet.data.bad_input import (
 
 
 def default_label_dir(img_dir: Path) -> Path:
-    sibling = img_dir.parent / "labels"
-    return sibling if img_dir.name == "images" and sibling.is_dir() else img_dir
+    """The label folder of ``img_dir`` (see the module docstring)."""
+    parts = list(img_dir.parts)
+    for i in reversed(range(len(parts))):
+        if parts[i] == "images":
+            labels = Path(*parts[:i], "labels", *parts[i + 1 :])
+            return labels if labels.is_dir() else img_dir
+    return img_dir
 
 
 @register("dataset", "yolo")
@@ -47,7 +53,8 @@ class YOLODataset(AnnotatedImageDataset):
 
     Args:
         img_dir: folder of images (not searched recursively).
-        classes: class names, indexed by the class number in the txt files.
+        classes: class names, indexed by the class number in the txt files (a
+            validation set may leave them out: it takes the training set's).
         label_dir: folder of ``<stem>.txt``; None: see the module docstring.
         strict: raise `DataError` on the first bad input instead of repairing.
         check_images: image check at construction (see annotated_images.py).
@@ -59,7 +66,7 @@ class YOLODataset(AnnotatedImageDataset):
     def __init__(
         self,
         img_dir: str,
-        classes: list[str],
+        classes: list[str] | None = None,
         label_dir: str | None = None,
         strict: bool = False,
         check_images: ImageCheck = "auto",
@@ -67,6 +74,8 @@ class YOLODataset(AnnotatedImageDataset):
         tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25,
         min_visible: Annotated[float, Field(ge=0, le=1)] = 0.5,
     ) -> None:
+        if not classes:
+            raise ValueError(f"YOLO {img_dir}: name the classes (classes: [name0, name1, ...])")
         images_root = Path(img_dir)
         if not images_root.is_dir():
             raise FileNotFoundError(f"YOLO image folder {img_dir} does not exist")

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from tunedet.config.loader import config_to_yaml
 from tunedet.config.registry import build
 from tunedet.data.build import build_dataset, build_loader, build_train_sampler
+from tunedet.data.classes import check_dataset_classes, resolve_num_classes
 from tunedet.engine import distributed
 from tunedet.engine.amp import autocast, check_amp, grad_scaler, model_device
 from tunedet.engine.checkpoint import (
@@ -189,11 +190,14 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         train = cfg.train
 
+        if cfg.model.num_classes is None:  # a config validated without load_config
+            resolve_num_classes(cfg)
         # the model first: a missing pretrained file fails before the data is read
         self.model = build_detector(cfg.model.model_dump())
         init_detector(self.model, cfg.load_from, cfg.freeze, log=self.log)  # pretrained.py
         self.train_set = build_dataset(cfg.data.train)
         self.val_set = build_dataset(cfg.data.val) if cfg.data.val is not None else None
+        check_dataset_classes(cfg, self.train_set, self.val_set)  # before any training
         # a mask detector (Mask R-CNN) gets gt_masks in its loss and is scored on segm too
         self.needs_masks = bool(getattr(self.model, "needs_masks", False))
         if self.needs_masks:
