@@ -101,7 +101,7 @@ def test_load_from_with_another_class_count_reinitialises_only_the_class_logits(
     torch.set_num_threads(1)
     source = build_detector(small_config().model.model_dump())  # demo: 3 classes
     path = save_checkpoint(tmp_path / "det.pt", {"model": source.state_dict()})
-    model = build_detector(small_config("model.num_classes=5").model.model_dump())
+    model = build_detector(small_config("data.train.num_classes=5").model.model_dump())
     fresh_logits = model.head.cls_logits.weight.detach().clone()
     lines: list[str] = []
     summary = load_detector_weights(model, path, log=lines.append)
@@ -121,7 +121,7 @@ def test_trainer_applies_load_from_before_training_and_logs_one_summary(tmp_path
     source = build_detector(small_config().model.model_dump())
     path = save_checkpoint(tmp_path / "det.pt", {"model": source.state_dict()})
     lines: list[str] = []
-    cfg = small_config(f"load_from={path}", "model.num_classes=5")
+    cfg = small_config(f"load_from={path}", "data.train.num_classes=5")
     trainer = Trainer(cfg, tmp_path / "run", log=lines.append)
     torch.testing.assert_close(trainer.model.head.box_deltas.weight, source.head.box_deltas.weight)
     summaries = [line for line in lines if line.startswith("load_from")]

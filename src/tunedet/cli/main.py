@@ -435,6 +435,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from tunedet.data.split import split_dataset
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    counts = split_dataset(
+        args.source, args.out, args.val, args.seed, args.img_dir, names, args.copy
+    )
+    print(
+        f"wrote {counts['train']} train and {counts['val']} val images to {args.out} "
+        f"(train with data={args.out})"
+    )
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from tunedet.data.coco_writer import write_coco
     from tunedet.data.synthetic import SyntheticShapes
@@ -579,6 +593,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-size", type=int, default=128)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data)
+    q = data_sub.add_parser(
+        "split", help="seeded train/val split of a COCO file, VOC folder or YOLO folder"
+    )
+    q.add_argument("source", help="COCO .json, VOC folder, YOLO folder or ultralytics data.yaml")
+    q.add_argument("out", help="new folder: OUT/train + OUT/val (data=OUT reads it)")
+    q.add_argument("--val", type=float, default=0.2, help="fraction of images for val (0.2)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--img-dir", help="COCO: the images' folder (default: the JSON's folder)")
+    q.add_argument("--names", help="YOLO folder without data.yaml: class names, a,b,...")
+    q.add_argument("--copy", action="store_true", help="copy the images (default: symlinks)")
+    q.set_defaults(func=cmd_data_split)
     return parser
 
 
