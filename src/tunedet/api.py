@@ -48,10 +48,17 @@ def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike, overr
     from tunedet.config.loader import apply_override, validate
     from tunedet.engine.checkpoint import checkpoint_config
 
+    from tunedet.data.classes import resolve_num_classes
+
     raw = checkpoint_config(state, path)
-    for override in overrides:
+    # ``data=PATH`` first, as load_config does: it sets model.num_classes
+    first = [o for o in overrides if o.split("=", 1)[0].strip() == "data"]
+    for override in [*first, *(o for o in overrides if o not in first)]:
         apply_override(raw, override)
-    return validate(raw, source=f"{path} (its config)")
+    source = f"{path} (its config)"
+    cfg = validate(raw, source=source)
+    resolve_num_classes(cfg, source=source)
+    return cfg
 
 
 def load_model(
