@@ -91,3 +91,17 @@ def test_import_is_light_and_python_m_tunedet_prints_the_version():
         [sys.executable, "-m", "tunedet", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith(f"tunedet {tunedet.__version__} (torch ")
+
+
+def test_detector_reads_16_bit_images_as_the_datasets_do(trained, tmp_path):
+    """A 16-bit PNG is scaled to 8 bits (not saturated to white): same detections as its
+    8-bit version."""
+    detector = tunedet.Detector.from_checkpoint(
+        latest_checkpoint(trained[0]), device="cpu", overrides=["model.score_thr=0"]
+    )
+    grey = np.random.default_rng(2).integers(0, 256, (64, 64)).astype(np.uint16)
+    Image.fromarray(grey * 257).save(tmp_path / "deep.png")  # 0..255 → 0..65535
+    deep = detector.predict(tmp_path / "deep.png")[0]
+    flat = detector.predict(grey.astype(np.uint8))[0]
+    assert len(deep) > 0
+    np.testing.assert_allclose(deep.scores, flat.scores, atol=1e-6)

@@ -46,9 +46,8 @@ def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike, overr
     """The validated config stored in checkpoint ``state``, with dotted ``overrides``
     applied; a one-line error naming ``path`` when the checkpoint has none."""
     from tunedet.config.loader import apply_override, validate
-    from tunedet.engine.checkpoint import checkpoint_config
-
     from tunedet.data.classes import resolve_num_classes
+    from tunedet.engine.checkpoint import checkpoint_config
 
     raw = checkpoint_config(state, path)
     # ``data=PATH`` first, as load_config does: it sets model.num_classes
@@ -87,18 +86,18 @@ def load_model(
 
 
 def read_rgb(image: ImageInput) -> np.ndarray:
-    """An ``(H, W, 3) uint8`` RGB array from a path (EXIF orientation applied), a PIL image
-    or an array (``(H, W, 3)`` RGB or ``(H, W)`` grey; uint8, or float in 0..255)."""
-    from PIL import Image, ImageOps
+    """An ``(H, W, 3) uint8`` RGB array from a path or a PIL image (as the datasets read
+    them: EXIF orientation applied, 16-bit and float images scaled to 8 bits; see
+    `data.annotated_images.to_rgb8`) or an array (``(H, W, 3)`` RGB or ``(H, W)`` grey;
+    uint8, or numbers in 0..255)."""
+    from PIL import Image
+
+    from tunedet.data.annotated_images import load_rgb, to_rgb8
 
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as handle:
-                return np.asarray(ImageOps.exif_transpose(handle).convert("RGB"))
-        except OSError as error:
-            raise ValueError(f"{image}: cannot read image ({error})") from None
+        return load_rgb(Path(image), str(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return to_rgb8(image, "image")
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
