@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from tunedet.cli.main import main
-from tunedet.config.loader import load_config
+from tunedet.config.loader import config_to_yaml, load_config
 from tunedet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tunedet.engine.interrupt import StopRequest, TrainingInterrupted
+from tunedet.engine.run_dir import write_run_config
 from tunedet.engine.trainer import Trainer
 from tunedet.models.detectors.retinanet import RetinaNet
 
@@ -36,6 +37,11 @@ RUN = (
 
 def quiet(*_args, **_kwargs) -> None:
     pass
+
+
+def mark_as_run(folder: Path, cfg) -> None:
+    """Make ``folder`` a run of ``cfg`` (its config.yaml), so a trainer resumes there."""
+    write_run_config(folder, config_to_yaml(cfg), "0123abcd")
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +251,7 @@ def test_cli_reports_one_line_when_no_checkpoint_is_usable(
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
     (ckpt_dir / "iter_0000002.pt").write_bytes(b"not a zip")
+    mark_as_run(tmp_path, load_config("retinanet/demo", [*tiny_demo, *RUN]))
     code = main(["train", "retinanet/demo", *tiny_demo, *RUN, "--work-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -311,6 +318,8 @@ def test_checkpoint_error_for_all_bad_names_the_folder(tmp_path: Path, tiny_demo
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
     torch.save({"model": Payload()}, ckpt_dir / "iter_0000002.pt")
-    trainer = Trainer(load_config("retinanet/demo", [*tiny_demo, *RUN]), tmp_path, log=quiet)
+    cfg = load_config("retinanet/demo", [*tiny_demo, *RUN])
+    mark_as_run(tmp_path, cfg)
+    trainer = Trainer(cfg, tmp_path, log=quiet)
     with pytest.raises(CheckpointError, match="1 found, all bad"):
         trainer.resume()

@@ -60,3 +60,27 @@ def test_tensorboard_logger_writes_scalar_event_file(tmp_path):
     assert sorted(events.Tags()["scalars"]) == ["loss", "lr"]
     (loss,) = events.Scalars("loss")
     assert (loss.step, loss.value) == (3, 2.0)
+
+
+def test_jsonl_logger_drops_a_torn_last_line_with_a_note(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # killed mid-write
+    notes = []
+    logger = JSONLLogger(path, note=notes.append)
+    logger.log(2, {"loss": 0.25})
+    logger.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
+    assert notes == [f"{path}: dropped a torn last line (15 bytes)"]
+    assert logger.rows == 2
+
+
+def test_jsonl_logger_keeps_only_the_rows_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    notes = []
+    logger = JSONLLogger(path, keep_rows=2, note=notes.append)
+    logger.log(3, {"x": 1})
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert notes == [f"{path}: dropped 2 row(s) written after the checkpoint resumed from"]

@@ -41,9 +41,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = _run_dir(cfg, args.config, args.work_dir)
     distributed.init_from_env(resolve_device(cfg.device))
     try:
-        trainer = Trainer(cfg, run_dir)
+        trainer = Trainer(cfg, run_dir, must_resume=args.resume)
         if trainer.is_main:
-            print(f"run directory: {run_dir} ({trainer.world_size} process(es))")
+            print(f"run directory: {trainer.run_dir} ({trainer.world_size} process(es))")
         try:
             metrics = trainer.train()
         except TrainingInterrupted as stop:
@@ -398,7 +398,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = Path(args.work_dir or "runs/demo")
     start = time.monotonic()
     trainer = Trainer(cfg, run_dir)
-    print(f"tunedet demo: training {cfg.model.type} on the built-in synthetic shapes in {run_dir}")
+    print(
+        f"tunedet demo: training {cfg.model.type} on the built-in synthetic shapes "
+        f"in {trainer.run_dir}"
+    )
     metrics = trainer.train()
     report = write_report(trainer, metrics)
     minutes = (time.monotonic() - start) / 60
@@ -528,7 +531,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a config (path or built-in name)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted overrides: optim.lr=0.02 data.batch_size=8")
-    p.add_argument("--work-dir", help="run directory (default: runs/<config name>)")
+    p.add_argument(
+        "--work-dir",
+        help="run directory (default: work_dir of the config, else runs/<config name>); a "
+        "folder holding a run of another config gives a numbered one (runs/demo2)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the run directory; refused when its config differs",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its config's validation data")

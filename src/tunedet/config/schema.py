@@ -257,6 +257,8 @@ class TTAConfig(Section):
 
 class EvalConfig(Section):
     metric: Literal["coco", "voc07", "voc12"] = "coco"
+    # the validation metric best.pt is chosen by (higher is better); None: AP (coco), mAP (voc)
+    best_metric: str | None = None
     score_thr: Annotated[float, Field(ge=0, le=1)] | None = None
     sliced: SlicedConfig | None = None
     tta: TTAConfig | None = None

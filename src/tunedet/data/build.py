@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tunedet.config.registry import build
@@ -38,12 +39,18 @@ def build_loader(
     num_workers: int = 0,
     size_divisor: int = 32,
 ) -> DataLoader:
-    """A DataLoader of `DetectionBatch`; sequential order unless a batch sampler is given."""
+    """A DataLoader of `DetectionBatch`; sequential order unless a batch sampler is given.
+
+    The loader draws its workers' base seed from its own generator (seeded by ``seed``),
+    never from torch's global one: starting an epoch leaves the global generator (RoI
+    sampling, dropout) where a checkpoint restored it, so a resume continues exactly.
+    """
     augmented = TransformedDataset(dataset, build_transforms(transform_specs), seed=seed)
     common = dict(
         num_workers=num_workers,
         collate_fn=partial(collate_detection, size_divisor=size_divisor),
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
     )
     if batch_sampler is not None:
         return DataLoader(augmented, batch_sampler=batch_sampler, **common)

@@ -123,11 +123,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """Load a checkpoint dict with ``torch.load(weights_only=True)``.
 
     Raises ``CheckpointError`` (one line naming the file) when the file is missing,
-    truncated or corrupt, or holds pickled objects that weights-only loading refuses.
+    truncated or corrupt (every entry's CRC-32 in the zip archive is checked first, so a
+    flipped bit is caught before the weights are used), or holds pickled objects that
+    weights-only loading refuses.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _verify_checksums(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -153,12 +156,67 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return state
 
 
-def _looks_complete(path: Path) -> bool:
-    """Cheap validity check: a torch file is a zip archive whose directory sits at the end."""
+def _verify_checksums(path: Path) -> None:
+    """``CheckpointError`` when an entry of the checkpoint's zip archive fails its CRC-32
+    (``torch.save`` records one per entry). Files of the legacy non-zip format pass."""
     try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        reason = _first_line(str(err)) or type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt (CRC-32 mismatch in entry {bad})")
+
+
+def _looks_complete(path: Path) -> bool:
+    """A zip archive (a torch file's directory sits at its end) whose entries all match
+    their CRC-32."""
+    try:
+        _verify_checksums(path)
         return zipfile.is_zipfile(path)
-    except OSError:
+    except (CheckpointError, OSError):
         return False
+
+
+def checkpoint_run_id(path: str | os.PathLike) -> str | None:
+    """The ``"run_id"`` stored in a checkpoint, or None (none stored, or unreadable).
+    Memory-maps the file: the tensors are not read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+    ):
+        return None
+    run_id = state.get("run_id") if isinstance(state, dict) else None
+    return str(run_id) if run_id is not None else None
+
+
+def link_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Make ``target`` (``last.pt``, ``best.pt``) hold ``source``'s checkpoint: a hard
+    link (no second write; a copy where the file system has none) made under a temporary
+    name and renamed over ``target``, so ``target`` is always whole."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{new_run_id()}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        reason = _first_line(str(err)) or type(err).__name__
+        raise CheckpointError(f"could not write checkpoint {target}: {reason}") from err
+    _fsync_dir(target.parent)
+    return target
 
 
 def _checkpoint_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -201,11 +259,20 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` highest-iteration checkpoints; returns the deleted paths."""
+def prune_checkpoints(
+    run_dir: str | os.PathLike, keep: int, run_id: str | None = None
+) -> list[Path]:
+    """Delete all but the ``keep`` highest-iteration checkpoints; returns the deleted paths.
+
+    With ``run_id`` only checkpoints of that run are counted and deleted: a file of
+    another run, or one whose run cannot be read, is never touched.
+    """
     if keep < 1:
         return []
-    removed = [file for _, file in _checkpoint_files(run_dir)[:-keep]]
+    files = _checkpoint_files(run_dir)
+    if run_id is not None:
+        files = [(it, file) for it, file in files if checkpoint_run_id(file) == run_id]
+    removed = [file for _, file in files[:-keep]]
     for file in removed:
         file.unlink(missing_ok=True)
     return removed

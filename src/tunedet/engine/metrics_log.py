@@ -27,18 +27,56 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class JSONLLogger:
-    """Append one JSON object per ``log`` call, ``{"step": step, **metrics}``, flushed at once."""
+def repair_jsonl(path: str | os.PathLike, keep_rows: int | None = None, note: Any = print) -> int:
+    """Make ``path`` whole lines only before appending to it; returns its row count.
 
-    def __init__(self, path: str | os.PathLike):
+    A last line without its newline (a process killed mid-write) is dropped, and with
+    ``keep_rows`` the rows after the first ``keep_rows`` (written after the checkpoint a
+    run resumes from) too; ``note`` gets one line for each. The file is rewritten by
+    renaming a temporary copy over it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    notes = []
+    if lines and not lines[-1].endswith(b"\n"):
+        notes.append(f"{path}: dropped a torn last line ({len(lines[-1])} bytes)")
+        lines = lines[:-1]
+    if keep_rows is not None and len(lines) > keep_rows:
+        dropped = len(lines) - keep_rows
+        notes.append(f"{path}: dropped {dropped} row(s) written after the checkpoint resumed from")
+        lines = lines[:keep_rows]
+    if notes:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(b"".join(lines))
+        os.replace(tmp, path)
+        for line in notes:
+            note(line)
+    return len(lines)
+
+
+class JSONLLogger:
+    """Append one JSON object per ``log`` call, ``{"step": step, **metrics}``, as one whole
+    line written and flushed at once; ``rows`` counts the file's lines.
+
+    An existing file is first made whole (``repair_jsonl``: a torn last line dropped, and
+    with ``keep_rows`` the rows after the first ``keep_rows``), so a resumed run continues
+    the log of its checkpoint without duplicate rows.
+    """
+
+    def __init__(self, path: str | os.PathLike, keep_rows: int | None = None, note: Any = print):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = repair_jsonl(self.path, keep_rows, note)
         self._file = self.path.open("a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record, allow_nan=False, default=str) + "\n")
         self._file.flush()
+        self.rows += 1
 
     def close(self) -> None:
         if not self._file.closed:

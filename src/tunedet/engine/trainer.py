@@ -51,9 +51,11 @@ from tunedet.engine.checkpoint import (
     CheckpointError,
     checkpoints_newest_first,
     config_to_dict,
+    link_checkpoint,
     load_checkpoint,
     load_model_state,
     new_run_id,
+    prune_checkpoints,
     remove_stale_temp_files,
     rng_state,
     save_checkpoint,
@@ -71,9 +73,10 @@ from tunedet.engine.lr_schedule import (
 )
 from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardLogger
 from tunedet.engine.optim import apply_l1_penalty, build_optimizer, clip_gradients
+from tunedet.engine.run_dir import choose_run_dir, saved_run_id, write_run_config
 from tunedet.engine.sliced_inference import sliced_predict_dataset
 from tunedet.engine.time_budget import TimeBudget
-from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
+from tunedet.evaluation import COCO_STAT_NAMES, coco_evaluate, format_coco_table, voc_evaluate
 from tunedet.models import build_detector
 from tunedet.models.detectors import loss_extras
 from tunedet.models.pretrained import init_detector
@@ -173,17 +176,24 @@ class Trainer:
         run_dir: str | Path,
         log: Any = print,
         on_evaluate: Any = None,
+        must_resume: bool = False,
     ) -> None:
         """``on_evaluate(iteration, metrics) -> bool``, when given, is called after every
         periodic evaluation (``train.eval_every``); returning True stops training there (a
-        tuning trial being pruned, for instance)."""
+        tuning trial being pruned, for instance).
+
+        ``run_dir`` is the folder asked for: a run of another config there (or a folder
+        of other files) sends this run to a numbered sibling (``run_dir.py``); the chosen
+        folder is ``self.run_dir``, also written into the config as ``work_dir``. With
+        ``must_resume`` the run there must be continued (refused if its config differs).
+        """
         self.cfg = cfg
         self.on_evaluate = on_evaluate
-        self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         self.log = log if self.is_main else _silent
+        self.run_id = new_run_id()  # a resume takes the checkpoint's
+        self._claim_run_dir(Path(run_dir), must_resume)
         self.device = distributed.process_device(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -202,6 +212,7 @@ class Trainer:
         self.needs_masks = bool(getattr(self.model, "needs_masks", False))
         if self.needs_masks:
             check_datasets_have_masks(cfg, self.train_set, self.val_set)
+        check_best_metric(cfg.eval, self.train_set.classes, self.needs_masks)
         if train.sync_bn and self.world_size > 1:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
@@ -251,7 +262,23 @@ class Trainer:
         self.skipped_steps = 0
         self.time_budget: TimeBudget | None = None
         self.last_checkpoint: str | None = None
-        self.run_id = new_run_id()  # a resume takes the checkpoint's
+        self.best: dict[str, Any] | None = None  # {"metric", "value", "iteration"} of best.pt
+        self._metrics_rows: int | None = 0  # metrics.jsonl rows at the checkpoint resumed from
+        self._jsonl: JSONLLogger | None = None
+
+    def _claim_run_dir(self, requested: Path, must_resume: bool) -> None:
+        """Choose the run's folder (rank 0 decides for all); nothing is written yet."""
+        chosen = None
+        if self.is_main:
+            resume = self.cfg.train.resume or must_resume
+            chosen = choose_run_dir(requested, config_to_dict(self.cfg), resume, must_resume)
+        chosen = distributed.broadcast_object(chosen)
+        if chosen.note:
+            self.log(f"run directory {chosen.path}: {chosen.note}")
+        self.run_dir = chosen.path
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.continues_run = chosen.resume
+        self.cfg = self.cfg.model_copy(update={"work_dir": str(self.run_dir)})
 
     def _build_schedule(self) -> LRSchedule:
         return schedule_from_config(self.cfg, self.base_lr, self.max_iters)
@@ -273,7 +300,10 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "class_names": list(self.train_set.classes),
             "run_id": self.run_id,
+            "best": self.best,
         }
+        if self._jsonl is not None:
+            state["metrics_rows"] = self._jsonl.rows
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.scaler is not None:
@@ -292,9 +322,8 @@ class Trainer:
             if self.world_size > 1:
                 state["rng_ranks"] = rng_ranks
             save_checkpoint(path, state)
-            old = sorted(self.ckpt_dir.glob("iter_*.pt"))[: -self.cfg.train.keep_checkpoints]
-            for stale in old:
-                stale.unlink(missing_ok=True)
+            link_checkpoint(path, self.run_dir / "last.pt")
+            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, self.run_id)
         self.last_checkpoint = str(path)
         return path
 
@@ -353,6 +382,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not fit this run ({reason})") from None
         self.iteration = state["iteration"]
         self.run_id = str(state.get("run_id") or self.run_id)
+        self.best = state.get("best") if isinstance(state.get("best"), dict) else None
+        rows = state.get("metrics_rows")
+        self._metrics_rows = int(rows) if isinstance(rows, int) else None
         time_budget = self.cfg.train.max_iters is None and self.cfg.train.epochs is None
         if time_budget and int(state.get("max_iters", self.max_iters)) != self.max_iters:
             self.max_iters = int(state["max_iters"])
@@ -456,15 +488,16 @@ class Trainer:
         ``skipped_steps``).
         """
         cfg = self.cfg.train
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
-        if cfg.resume:
+        if self.continues_run:
+            self.run_id = saved_run_id(self.run_dir) or self.run_id
             self.resume()
+        if self.is_main:  # after the resume decision, never over a file of another run
+            write_run_config(self.run_dir, config_to_yaml(self.cfg), self.run_id)
+            self._jsonl = JSONLLogger(
+                self.run_dir / "metrics.jsonl", keep_rows=self._metrics_rows, note=self.log
+            )
         loggers = MetricsLoggers(
-            [JSONLLogger(self.run_dir / "metrics.jsonl"), TensorBoardLogger(self.run_dir / "tb")]
-            if self.is_main
-            else []
+            [self._jsonl, TensorBoardLogger(self.run_dir / "tb")] if self.is_main else []
         )
         bar = tqdm(
             total=self.max_iters if self.max_iters < 10**9 else None,
@@ -516,6 +549,7 @@ class Trainer:
                 metrics = self.evaluate()
                 evaluated_at = self.iteration
                 loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
+                self._update_best(metrics)
                 self.model.train()
                 if self.on_evaluate is not None:
                     pruned = self.is_main and bool(self.on_evaluate(self.iteration, metrics))
@@ -538,15 +572,35 @@ class Trainer:
                     self.save()
                 signum = stop.signum if stop.signum is not None else signal.SIGTERM
                 raise TrainingInterrupted(signum, self.iteration, self.last_checkpoint)
-        self.save()
+        if self.last_checkpoint != str(self._checkpoint_path()):  # the final one, once
+            self.save()
         if self.skipped_steps:
             self.log(f"{self.skipped_steps} step(s) skipped for a non-finite loss")
         if self.val_set is not None and evaluated_at != self.iteration:
             metrics = self.evaluate()
             loggers.log(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
+            self._update_best(metrics)
+        if self.is_main and self.val_set is None:  # nothing to choose by: the final weights
+            link_checkpoint(self.last_checkpoint, self.run_dir / "best.pt")
         if self.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
+
+    def _update_best(self, metrics: dict[str, float]) -> None:
+        """Write ``best.pt`` (the weights, config and class names, no optimizer) when the
+        validation metric ``eval.best_metric`` beats every earlier evaluation."""
+        name = best_metric(self.cfg.eval)
+        if name not in metrics:  # checked at the start (check_best_metric); a custom evaluate
+            return
+        value = float(metrics[name])
+        if not math.isfinite(value) or (self.best is not None and value <= self.best["value"]):
+            return
+        self.best = {"metric": name, "value": value, "iteration": self.iteration}
+        if self.is_main:
+            state = self.state_dict()
+            for key in ("optimizer", "rng", "scaler", "early_stop", "metrics_rows"):
+                state.pop(key, None)
+            save_checkpoint(self.run_dir / "best.pt", state)
 
     def _checkpoint_path(self) -> Path:
         return self.ckpt_dir / f"iter_{self.iteration:07d}.pt"
@@ -595,6 +649,27 @@ class Trainer:
                 segm = {k[5:]: v for k, v in metrics.items() if k[:5] == "segm_"}
                 self.log("segm:\n" + format_coco_table(segm))
         return distributed.broadcast_object(metrics)
+
+
+def best_metric(eval_cfg: Any) -> str:
+    """The validation metric ``best.pt`` is chosen by: ``eval.best_metric``, else AP
+    (``eval.metric: coco``) or mAP (``voc07``, ``voc12``); higher is better."""
+    if eval_cfg.best_metric is not None:
+        return eval_cfg.best_metric
+    return "AP" if eval_cfg.metric == "coco" else "mAP"
+
+
+def check_best_metric(eval_cfg: Any, classes: list[str], masks: bool) -> None:
+    """One line when ``eval.best_metric`` names no metric that ``eval.metric`` reports."""
+    if eval_cfg.metric == "coco":
+        names = list(COCO_STAT_NAMES) + ([f"segm_{n}" for n in COCO_STAT_NAMES] if masks else [])
+    else:
+        names = ["mAP", *(f"AP/{name}" for name in classes)]
+    if best_metric(eval_cfg) not in names:
+        raise ValueError(
+            f"eval.best_metric '{eval_cfg.best_metric}' is not a metric of "
+            f"eval.metric={eval_cfg.metric} (one of: {', '.join(names[:14])})"
+        )
 
 
 def check_datasets_have_masks(cfg: Any, train_set: Any, val_set: Any) -> None:
