@@ -97,3 +97,8 @@ def test_explicit_resume_refuses_another_config_listing_the_keys(tmp_path: Path)
 def test_config_differences_name_added_and_removed_keys():
     assert config_differences({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c: <unset> -> 2"]
     assert config_differences({"train": {"progress": True}}, {"train": {"progress": False}}) == []
+
+
+def test_a_name_ending_in_a_digit_is_numbered_after_an_underscore(tmp_path: Path):
+    make_run(tmp_path / "seed1", CONFIG)
+    assert choose_run_dir(tmp_path / "seed1", {**CONFIG, "seed": 5}).path == tmp_path / "seed1_2"

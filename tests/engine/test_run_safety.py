@@ -172,3 +172,17 @@ def test_unknown_best_metric_is_refused_before_training(tmp_path: Path, tiny_dem
     cfg = load_config("retinanet/demo", [*tiny_demo, "eval.best_metric=mAP"])
     with pytest.raises(ValueError, match="eval.best_metric 'mAP' is not a metric of eval.metric"):
         Trainer(cfg, tmp_path, log=quiet)
+
+
+def test_resume_false_beside_an_older_longer_run_keeps_both(tmp_path: Path, tiny_demo: list[str]):
+    overrides = [*tiny_demo, *TINY, "data.val=null", "train.keep_checkpoints=1"]
+    older = load_config("retinanet/demo", [*overrides, "train.max_iters=3"])
+    Trainer(older, tmp_path / "r", log=quiet).train()
+    kept = snapshot(tmp_path / "r")
+    fresh = load_config("retinanet/demo", [*overrides, "train.resume=false"])
+    trainer = Trainer(fresh, tmp_path / "r", log=quiet)
+    trainer.train()
+    assert trainer.run_dir == tmp_path / "r2" and trainer.iteration == 2
+    assert snapshot(tmp_path / "r") == kept  # the older run's iter_0000003.pt included
+    assert "checkpoints/iter_0000003.pt" in kept
+    assert [p.name for p in (tmp_path / "r2" / "checkpoints").iterdir()] == ["iter_0000002.pt"]

@@ -7,7 +7,7 @@ the run (``# tunedet run <run_id>``). A new run in ``runs/demo``:
   ``NOT_IDENTITY`` aside: where it runs, how long, how it prints);
 - starts there when the folder does not exist or is empty;
 - otherwise tries ``runs/demo2``, ``runs/demo3``, ... the same way (the ultralytics
-  naming), so a run of another config, or a folder of the user's own files, is never
+  naming; ``seed1_2``, ``seed1_3`` after a name ending in a digit), so a run of another config, or a folder of the user's own files, is never
   written into.
 
 With an explicit resume (``tunedet train --resume``) the folder must hold a run of the
@@ -136,7 +136,11 @@ def write_run_config(folder: str | os.PathLike, config_yaml: str, run_id: str) -
 
 
 def _numbered(path: Path, number: int) -> Path:
-    return path if number == 1 else path.with_name(f"{path.name}{number}")
+    """``runs/demo`` → ``runs/demo2``; a name ending in a digit takes ``_``: ``trial_3_2``."""
+    if number == 1:
+        return path
+    sep = "_" if path.name[-1:].isdigit() else ""
+    return path.with_name(f"{path.name}{sep}{number}")
 
 
 def choose_run_dir(

@@ -141,12 +141,12 @@ def run_trial(job: TuneJob, trial: Any) -> float:
     from tunedet.engine.trainer import Trainer
 
     chosen = job.space.sample(trial)
-    # A trial never resumes: a folder left by an older study of the same name starts over.
+    # A trial never resumes: beside a folder left by an older study of the same name it
+    # starts in a numbered one (engine/run_dir.py).
     cfg = load_config(
         job.config, [*job.base_overrides, *overrides_for(chosen), "train.resume=false"]
     )
     run_dir = job.out / "trials" / f"{trial.number:04d}"
-    trial.set_user_attr("run_dir", str(run_dir))
     metric = job.space.metric
     pruned_at: list[int] = []
 
@@ -159,7 +159,9 @@ def run_trial(job: TuneJob, trial: Any) -> float:
         return False
 
     start = time.monotonic()
-    metrics = Trainer(cfg, run_dir, log=lambda *_: None, on_evaluate=on_evaluate).train()
+    trainer = Trainer(cfg, run_dir, log=lambda *_: None, on_evaluate=on_evaluate)
+    trial.set_user_attr("run_dir", str(trainer.run_dir))  # a numbered one beside a leftover
+    metrics = trainer.train()
     trial.set_user_attr("minutes", (time.monotonic() - start) / 60)
     trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
     shown = ", ".join(f"{k}={v}" for k, v in _short(chosen).items())
