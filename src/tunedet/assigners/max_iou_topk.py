@@ -33,8 +33,11 @@ class MaxIoUTopKAssigner:
     ``matched_topk (B, A, k)`` holds the codes (GT index + 1), 0 in unused slots.
 
     A detector with one box per anchor (RetinaNet) trains the anchor's classifier on the
-    union of its GTs' classes and regresses the first GT's box.
+    union of its GTs' classes and regresses the first GT's box; detectors that train an
+    anchor on one GT (softmax heads, FCOS, YOLOv3) refuse it when built.
     """
+
+    several_gts_per_anchor = True  # read by models/build.py's combination checks
 
     def __init__(
         self,

@@ -14,7 +14,10 @@ and losses come back as float32, probabilities in the input dtype.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from tunedet.config.registry import register
@@ -61,21 +64,40 @@ def softmax_cross_entropy(
     return reduce_loss(loss, reduction, weight, normalizer)
 
 
+def smooth_one_hot(targets: Tensor, eps: float) -> Tensor:
+    """Softmax label smoothing (Szegedy et al., 2016) of one-hot rows ``(..., K)``:
+    ``1 − eps`` on the target class, ``eps / (K − 1)`` on each of the others (rows still
+    sum to 1): ``t·(1 − eps) + (1 − t)·eps / (K − 1)``."""
+    if eps == 0:
+        return targets
+    num_classes = targets.shape[-1]
+    if num_classes < 2:
+        raise ValueError(f"label smoothing needs at least 2 classes, got {num_classes}")
+    return targets * (1.0 - eps) + (1.0 - targets) * (eps / (num_classes - 1))
+
+
 @register("cls_loss", "softmax_ce")
 class SoftmaxCrossEntropyLoss(nn.Module):
     """Softmax cross-entropy, element-wise: ``(logits (N, C), targets (N, C)) -> (N, C)``
     with ``−t_c · log softmax(z)_c`` (rows sum to the cross-entropy).
 
-    For heads with a background logit among their ``C`` (SSD, R-CNN); dense sigmoid
-    heads without one (RetinaNet) reject it: a background anchor's all-zero target row
-    would give it no loss at all.
+    For heads with a background logit among their ``C`` (SSD, R-CNN) or whose class loss
+    sees the positives only (YOLOv3); dense sigmoid heads without one (RetinaNet) reject
+    it: a background anchor's all-zero target row would give it no loss at all.
+    ``label_smoothing`` ε: one-hot targets become ``1 − ε`` on the class and ``ε/(C − 1)``
+    on each other logit (the background logit counts as one).
     """
 
     needs_background_logit = True
 
-    def __init__(self) -> None:
+    def __init__(self, label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         log_p = stable_log_softmax(logits, dim=-1)
-        return -targets.to(log_p.dtype) * log_p
+        targets = smooth_one_hot(targets.to(log_p.dtype), self.label_smoothing)
+        return -targets * log_p
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"

@@ -135,9 +135,10 @@ def _check_combination(
     The detector class (or, for nested slots, the component that owns them: an rpn, a
     roi_head; ``prefix`` is its config path) declares what it offers
     (``passes_predictions_to_assigner``, ``passes_loss_to_sampler``, ``two_stage``,
-    ``background_logit``, ``passes_per_image_boxes``); the parts declare what they need
+    ``background_logit``, ``cls_loss_on_positives_only``, ``passes_per_image_boxes``,
+    ``reads_several_gts_per_anchor``); the parts declare what they need
     (``needs_predictions``, ``needs_loss``, ``add_gt_as_proposals``,
-    ``needs_background_logit``, ``per_image_anchors``, …).
+    ``needs_background_logit``, ``per_image_anchors``, ``several_gts_per_anchor``, …).
     """
     detector = names["detector"]
     assigner, sampler = parts.get("assigner"), parts.get("sampler")
@@ -173,13 +174,27 @@ def _check_combination(
             f"proposals (its roi_head); {detector} has no proposals to add the GT boxes to "
             "(set it to false)"
         )
-    if getattr(cls_loss, "needs_background_logit", False) and not getattr(
-        detector_class, "background_logit", False
+    if getattr(cls_loss, "needs_background_logit", False) and not (
+        getattr(detector_class, "background_logit", False)
+        or getattr(detector_class, "cls_loss_on_positives_only", False)
     ):
         raise ValueError(
             f"{prefix}cls_loss: {names['cls_loss']} needs a background logit; {detector}'s "
             "head has sigmoid logits without one, so background anchors would get no loss "
             "(use focal or bce)"
+        )
+    if getattr(assigner, "several_gts_per_anchor", False) and not getattr(
+        detector_class, "reads_several_gts_per_anchor", False
+    ):
+        raise ValueError(
+            f"{prefix}assigner: {names['assigner']} gives an anchor several GTs, but "
+            f"{detector} trains each anchor on one GT ("
+            + (
+                "its softmax target would be multi-hot"
+                if getattr(detector_class, "background_logit", False)
+                else "the extra matches would be ignored"
+            )
+            + "; use max_iou, or retinanet)"
         )
     if names.get("box_coder") == "yolo" and not getattr(detector_class, "passes_strides", False):
         raise ValueError(

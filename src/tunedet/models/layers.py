@@ -10,7 +10,7 @@ from typing import Literal
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-NormKind = Literal["none", "bn", "gn", "frozen_bn"]
+NormKind = Literal["none", "bn", "gn", "frozen_bn", "ln", "in"]
 ActKind = Literal["relu", "leaky_relu", "relu6", "silu", "hardswish", "gelu"]
 
 
@@ -27,7 +27,12 @@ def make_norm(kind: NormKind, channels: int, num_groups: int = 32) -> nn.Module:
 
     ``"none"`` gives an ``nn.Identity``; ``"gn"`` uses ``num_groups`` clamped to a
     divisor of ``channels``; ``"frozen_bn"`` is torchvision's ``FrozenBatchNorm2d``
-    (affine and statistics are buffers, never trained).
+    (affine and statistics are buffers, never trained). In the terms of Wu & He's Group
+    Norm paper (2018), for ``x (N, C, H, W)``: ``"ln"`` (LayerNorm, Ba et al. 2016)
+    normalises each sample over ``(C, H, W)`` (GroupNorm with one group), ``"in"``
+    (InstanceNorm, Ulyanov et al. 2016) each sample's channel over ``(H, W)`` (GroupNorm
+    with ``C`` groups); both with a per-channel affine and the same statistics in
+    training and evaluation.
     """
     if kind == "none":
         return nn.Identity()
@@ -37,7 +42,11 @@ def make_norm(kind: NormKind, channels: int, num_groups: int = 32) -> nn.Module:
         return nn.GroupNorm(group_count(channels, num_groups), channels)
     if kind == "frozen_bn":
         return FrozenBatchNorm2d(channels)
-    raise ValueError(f"unknown norm '{kind}' (choices: none, bn, gn, frozen_bn)")
+    if kind == "ln":
+        return nn.GroupNorm(1, channels)
+    if kind == "in":
+        return nn.GroupNorm(channels, channels)
+    raise ValueError(f"unknown norm '{kind}' (choices: none, bn, gn, frozen_bn, ln, in)")
 
 
 def make_activation(kind: ActKind | Literal["none"]) -> nn.Module:

@@ -35,6 +35,9 @@ IMAGENET_WEIGHTS = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
     "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
     "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+    "resnext50_32x4d": "ResNeXt50_32X4D_Weights.IMAGENET1K_V1",
+    "resnext101_32x8d": "ResNeXt101_32X8D_Weights.IMAGENET1K_V1",
 }
 # where a backbone's tensors may sit in a checkpoint file: plain torchvision classification
 # keys, a tunedet detector, a torchvision detector, a DataParallel wrapper

@@ -4,15 +4,25 @@ Importing this package registers every backbone.
 """
 
 from tunedet.models.backbones.base import MultiLevelBackbone
+from tunedet.models.backbones.csp_darknet import CSPDarknet
 from tunedet.models.backbones.darknet import Darknet53, TinyDarknet
 from tunedet.models.backbones.mobilenet import MobileNetV2Backbone
 from tunedet.models.backbones.mobilenet_v3 import MobileNetV3LargeBackbone
-from tunedet.models.backbones.resnet import ResNetBackbone, resnet18, resnet34, resnet50
+from tunedet.models.backbones.resnet import (
+    ResNetBackbone,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnext50_32x4d,
+    resnext101_32x8d,
+)
 from tunedet.models.backbones.tiny_cnn import TinyCNN
 from tunedet.models.backbones.vgg import VGG
 
 __all__ = [
     "VGG",
+    "CSPDarknet",
     "Darknet53",
     "MobileNetV2Backbone",
     "MobileNetV3LargeBackbone",
@@ -23,4 +33,7 @@ __all__ = [
     "resnet18",
     "resnet34",
     "resnet50",
+    "resnet101",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
 ]

@@ -55,6 +55,7 @@ class RetinaNet(nn.Module):
     passes_strides = False
     background_logit = False
     two_stage = False
+    reads_several_gts_per_anchor = True  # multi-hot sigmoid targets (max_iou_topk)
 
     # sub-specs a config may leave out (the paper's choices; read by config/schema.py)
     default_components = {

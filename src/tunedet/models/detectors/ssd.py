@@ -52,6 +52,7 @@ class SSD(RetinaNet):
     """
 
     background_logit = True
+    reads_several_gts_per_anchor = False  # a softmax target has one class
 
     default_components = {
         "head": {"type": "ssd"},

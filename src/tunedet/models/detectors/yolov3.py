@@ -44,7 +44,15 @@ def probability_logits(probs: Tensor) -> Tensor:
 @register(
     "detector",
     "yolov3",
-    injected=("backbone", "neck", "head", "anchor_generator", "assigner", "box_coder"),
+    injected=(
+        "backbone",
+        "neck",
+        "head",
+        "anchor_generator",
+        "assigner",
+        "box_coder",
+        "cls_loss",
+    ),
 )
 class YOLOv3(nn.Module):
     """YOLOv3: sigmoid objectness + per-class BCE, grid assignment with an ignore threshold.
@@ -54,7 +62,10 @@ class YOLOv3(nn.Module):
     - ``obj``: BCE of the objectness logit against 1 on positives (or, with
       ``objectness_target: iou``, YOLOv1's IoU of the detached decoded box with its GT)
       and 0 on background; ignored anchors (-1) take none.
-    - ``cls``: BCE of the class logits against the one-hot GT class, positives only.
+    - ``cls``: ``cls_loss`` of the class logits against the one-hot GT class, positives
+      only: ``bce`` (the paper's independent sigmoids) or ``softmax_ce`` (softmax over the
+      classes, YOLOv1/v2's form; its ``label_smoothing`` gives ``1 − ε`` / ``ε/(C − 1)``
+      targets), with ``softmax_ce`` the test-time class probability is the softmax.
     - ``box`` (positives, × ``box_loss_weight``, × ``2 − w·h`` of the GT relative to the
       padded input when ``box_weight_2_minus_wh``): ``xy_bce_wh_l2`` is mmdetection's
       BCE of ``sigmoid(tx, ty)`` against the centre's offset in its cell plus squared error
@@ -68,6 +79,7 @@ class YOLOv3(nn.Module):
     passes_loss_to_sampler = False
     passes_strides = True
     background_logit = False
+    cls_loss_on_positives_only = True  # a softmax over the classes alone is trainable
     two_stage = False
 
     default_components = {
@@ -75,6 +87,7 @@ class YOLOv3(nn.Module):
         "anchor_generator": {"type": "yolo"},
         "assigner": {"type": "grid", "pos_iou_thr": 0.5, "neg_iou_thr": 0.5, "min_pos_iou": 0.0},
         "box_coder": {"type": "yolo"},
+        "cls_loss": {"type": "bce"},
     }
 
     def __init__(
@@ -85,6 +98,7 @@ class YOLOv3(nn.Module):
         anchor_generator,
         assigner,
         box_coder,
+        cls_loss: nn.Module,
         num_classes: Annotated[int, Field(ge=1)],
         box_regression: Literal["xy_bce_wh_l2", "giou"] = "xy_bce_wh_l2",
         box_weight_2_minus_wh: bool = True,
@@ -105,6 +119,7 @@ class YOLOv3(nn.Module):
         self.anchor_generator = anchor_generator
         self.assigner = assigner
         self.box_coder = box_coder
+        self.cls_loss = cls_loss
         self.num_classes = num_classes
         self.box_regression = box_regression
         self.box_weight_2_minus_wh = box_weight_2_minus_wh
@@ -194,9 +209,7 @@ class YOLOv3(nn.Module):
         obj_term = torch.where(matched >= 0, obj_values, 0.0).sum() / num_images
 
         cls_target = F.one_hot(pos_labels, self.num_classes).to(cls_logits.dtype)
-        cls_values = F.binary_cross_entropy_with_logits(
-            cls_logits[image_index, anchor_index], cls_target, reduction="sum"
-        )
+        cls_values = self.cls_loss(cls_logits[image_index, anchor_index], cls_target).sum()
         return {
             "cls": cls_values / num_images * self.cls_loss_weight,
             "obj": obj_term * self.obj_loss_weight,
@@ -210,7 +223,10 @@ class YOLOv3(nn.Module):
         cls_logits, box_deltas, obj_logits, anchors, per_level = self(images)
         objectness = obj_logits.float().sigmoid()
         objectness = torch.where(objectness >= self.obj_thr, objectness, 0.0)
-        scores = objectness[..., None] * cls_logits.float().sigmoid()
+        if getattr(self.cls_loss, "needs_background_logit", False):  # softmax_ce
+            scores = objectness[..., None] * cls_logits.float().softmax(dim=-1)
+        else:
+            scores = objectness[..., None] * cls_logits.float().sigmoid()
         strides = self.anchor_strides(anchors, per_level)
         boxes = self.box_coder.decode(anchors, box_deltas.float(), strides)
         return postprocess_detections(

@@ -80,7 +80,8 @@ class StandardRoIHead(nn.Module):
     ``sampling_ratio`` points per bin side (0: adaptive), ``aligned`` half-pixel shift,
     ``roi_align_impl`` as in ``roi_align.py`` (``auto``: the sparse form on CPU);
     ``pooler: roi_pool`` uses Fast R-CNN's quantised max pooling instead of RoIAlign
-    (Detectron's ``RoIPoolF``). ``bg_iou_lo``: proposals whose best IoU is
+    (Detectron's ``RoIPoolF``). ``dropout``: the drop probability after each MLP layer in
+    training (Srivastava et al., 2014). ``bg_iou_lo``: proposals whose best IoU is
     below it are not used as background (Detectron's BG_THRESH_LO). Samplers that rank by
     loss (``ohem``) see each candidate RoI's loss from a gradient-free pass of the head
     over all of them. Prediction: softmax scores (sigmoid with a sigmoid ``cls_loss``),
@@ -133,6 +134,7 @@ class StandardRoIHead(nn.Module):
         roi_align_impl: RoIAlignImpl = "auto",
         pooler: PoolerMode = "roi_align",
         mlp_dim: Annotated[int, Field(ge=1)] = 1024,
+        dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
         class_agnostic: bool = False,
         bg_iou_lo: Fraction = 0.0,
         box_loss_weight: Annotated[float, Field(ge=0)] = 1.0,
@@ -174,6 +176,8 @@ class StandardRoIHead(nn.Module):
         )
         self.fc6 = nn.Linear(in_channels * pooler_resolution**2, mlp_dim)
         self.fc7 = nn.Linear(mlp_dim, mlp_dim)
+        # after each fc's ReLU, training only
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.cls_score = nn.Linear(mlp_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(mlp_dim, 4 * (1 if class_agnostic else num_classes))
         for fc in (self.fc6, self.fc7):  # Detectron2's c2_xavier_fill
@@ -187,7 +191,8 @@ class StandardRoIHead(nn.Module):
     def forward(self, feats: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """feats: the neck's maps; rois (P, 5) → class logits (P, C + 1), deltas (P, C or 1, 4)."""
         pooled = self.pooler([feats[i] for i in self.feature_indices], rois)
-        hidden = F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)))))
+        hidden = self.dropout(F.relu(self.fc6(pooled.flatten(1))))
+        hidden = self.dropout(F.relu(self.fc7(hidden)))
         deltas = self.bbox_pred(hidden)
         return self.cls_score(hidden), deltas.view(len(rois), deltas.shape[1] // 4, 4)
 
