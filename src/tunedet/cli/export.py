@@ -34,6 +34,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = _checkpoint_config(checkpoint, config, args.overrides)
     model, _ = _model_from_checkpoint(cfg, checkpoint)
     model = model.cpu().float().eval()
+    if args.reparam:
+        from tunedet.models.reparam import reparameterization_difference
+
+        folded, diff = reparameterization_difference(model, args.image_size or 64)
+        print(f"re-parameterised {folded} multi-branch blocks into 3x3 convs")
+        print(f"max abs difference of the features, folded vs multi-branch network: {diff:.3g}")
     if args.fold_bn:
         model, folded = fold_conv_bn(model)
         print(f"folded {folded} conv-BN pairs")
@@ -167,4 +173,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance", type=float, default=1e-3, help="largest |exported − eager| (1e-3)"
     )
     p.add_argument("--fold-bn", action="store_true", help="fold conv-BN pairs before exporting")
+    p.add_argument(
+        "--reparam",
+        action="store_true",
+        help="fold each RepVGG block's branches into one 3x3 conv before exporting",
+    )
     p.set_defaults(func=cmd_export)

@@ -8,6 +8,7 @@ from tunedet.models.backbones.csp_darknet import CSPDarknet
 from tunedet.models.backbones.darknet import Darknet53, TinyDarknet
 from tunedet.models.backbones.mobilenet import MobileNetV2Backbone
 from tunedet.models.backbones.mobilenet_v3 import MobileNetV3LargeBackbone
+from tunedet.models.backbones.repvgg import RepVGG, RepVGGBlock
 from tunedet.models.backbones.resnet import (
     ResNetBackbone,
     resnet18,
@@ -27,6 +28,8 @@ __all__ = [
     "MobileNetV2Backbone",
     "MobileNetV3LargeBackbone",
     "MultiLevelBackbone",
+    "RepVGG",
+    "RepVGGBlock",
     "ResNetBackbone",
     "TinyCNN",
     "TinyDarknet",
