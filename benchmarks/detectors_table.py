@@ -52,6 +52,8 @@ PRESETS = {
     "ssd": "ssd/demo",
     "faster_rcnn": "faster_rcnn/demo",
     "mask_rcnn": "mask_rcnn/demo",
+    "cornernet": "cornernet/demo",
+    "fsaf": "fsaf/demo",
 }
 NEEDS_MASKS = {"mask_rcnn"}
 TREES_RECIPE = "trees/patches_fast"

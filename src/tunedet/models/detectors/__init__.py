@@ -5,14 +5,16 @@ from typing import Any
 
 from torch import nn
 
+from tunedet.models.detectors.cornernet import CornerNet
 from tunedet.models.detectors.faster_rcnn import FasterRCNN
 from tunedet.models.detectors.fcos import FCOS
+from tunedet.models.detectors.fsaf import FSAF
 from tunedet.models.detectors.mask_rcnn import MaskRCNN
 from tunedet.models.detectors.retinanet import RetinaNet
 from tunedet.models.detectors.ssd import SSD
 from tunedet.models.detectors.yolov3 import YOLOv3
 
-__all__ = ["FCOS", "FasterRCNN", "MaskRCNN", "RetinaNet", "SSD", "YOLOv3"]
+__all__ = ["CornerNet", "FCOS", "FSAF", "FasterRCNN", "MaskRCNN", "RetinaNet", "SSD", "YOLOv3"]
 
 
 def loss_extras(detector: nn.Module, batch: Any) -> dict[str, Any]:

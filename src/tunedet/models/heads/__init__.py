@@ -4,6 +4,7 @@ two-stage parts (``rpn``, ``roi_head``, ``mask_head``: registry kinds of their o
 Importing this package registers every head.
 """
 
+from tunedet.models.heads.cornernet import CornerNetHead
 from tunedet.models.heads.fcos import FCOSHead
 from tunedet.models.heads.mask_head import FCNMaskHead
 from tunedet.models.heads.prediction_layout import concat_levels, flatten_level
@@ -15,6 +16,7 @@ from tunedet.models.heads.ssd import SSDHead
 from tunedet.models.heads.yolo import YOLOv3Head
 
 __all__ = [
+    "CornerNetHead",
     "FCNMaskHead",
     "FCOSHead",
     "MultiLevelRoIAlign",
