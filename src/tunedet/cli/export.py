@@ -34,16 +34,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = _checkpoint_config(checkpoint, config, args.overrides)
     model, _ = _model_from_checkpoint(cfg, checkpoint)
     model = model.cpu().float().eval()
+    image_size = args.image_size or _config_image_size(cfg)
     if args.reparam:
         from tunedet.models.reparam import reparameterization_difference
 
-        folded, diff = reparameterization_difference(model, args.image_size or 64)
+        folded, diff = reparameterization_difference(model, image_size)
         print(f"re-parameterised {folded} multi-branch blocks into 3x3 convs")
         print(f"max abs difference of the features, folded vs multi-branch network: {diff:.3g}")
     if args.fold_bn:
         model, folded = fold_conv_bn(model)
         print(f"folded {folded} conv-BN pairs")
-    image_size = args.image_size or _config_image_size(cfg)
     if end_to_end:
         diff = _export_end_to_end(model, cfg, out, image_size)
         what = "detections (boxes, scores)"
