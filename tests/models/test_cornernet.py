@@ -62,7 +62,9 @@ def test_corner_heatmap_targets_equal_a_loop_of_truncated_gaussians():
     labels = torch.tensor([[1, 1, 0]])
     heat = corner_heatmap_targets(corners, radius, labels, 3, 8, 10)
     expected = torch.zeros(1, 3, 8, 10)
-    for (x, y), r, c in zip(corners[0].tolist(), radius[0].tolist(), labels[0].tolist()):
+    for (x, y), r, c in zip(
+        corners[0].tolist(), radius[0].tolist(), labels[0].tolist(), strict=True
+    ):
         sigma = (2 * r + 1) / 6
         for yy in range(8):
             for xx in range(10):
@@ -82,10 +84,9 @@ def test_penalty_reduced_focal_loss_equals_the_formula():
     for index in torch.cartesian_prod(*(torch.arange(n) for n in logits.shape)).tolist():
         p = torch.sigmoid(logits[tuple(index)]).item()
         y = targets[tuple(index)].item()
-        if y == 1:
-            want = -((1 - p) ** 2) * math.log(p)
-        else:
-            want = -((1 - y) ** 4) * p**2 * math.log(1 - p)
+        positive = -((1 - p) ** 2) * math.log(p)
+        negative = -((1 - y) ** 4) * p**2 * math.log(1 - p)
+        want = positive if y == 1 else negative
         assert got[tuple(index)].item() == pytest.approx(want, rel=1e-9)
 
 

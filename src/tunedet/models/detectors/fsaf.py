@@ -29,7 +29,6 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from tunedet.boxes.iou import aligned_box_iou
 from tunedet.config.registry import register
 from tunedet.engine.distributed import mean_count_over_ranks
 from tunedet.models.detectors.yolov3 import DecodedBoxes
