@@ -290,3 +290,12 @@ def test_overlay_masks_blends_exactly_the_masked_pixels_in_the_label_colour():
     for mask, label in zip(masks, [0, 3], strict=True):
         expected = 0.5 * pixels[mask].astype(np.float32) + 0.5 * np.asarray(PALETTE[label])
         assert np.abs(out[mask].astype(np.float32) - expected).max() <= 0.5
+
+
+def test_metrics_log_reader_leaves_out_a_torn_last_line_and_names_a_bad_one(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    assert read_metrics_log(log) == [{"step": 1, "loss": 0.5}]
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON row"):
+        read_metrics_log(log)

@@ -84,3 +84,18 @@ def test_jsonl_logger_keeps_only_the_rows_up_to_the_checkpoint(tmp_path):
     logger.close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
     assert notes == [f"{path}: dropped 2 row(s) written after the checkpoint resumed from"]
+
+
+def test_tensorboard_logger_of_a_resumed_run_hides_the_steps_after_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = TensorBoardLogger(tmp_path / "tb")
+    for step in (1, 2, 3):
+        first.log(step, {"loss": float(step)})
+    first.close()
+    resumed = TensorBoardLogger(tmp_path / "tb", purge_step=3)  # resumed from step 2
+    resumed.log(3, {"loss": 30.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]

@@ -25,15 +25,26 @@ MAX_VAL_LINES = 6
 
 
 def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl``; ``"nan"`` / ``"inf"`` strings become floats. [] if absent."""
+    """Rows of a ``metrics.jsonl``; ``"nan"`` / ``"inf"`` strings become floats. [] if absent.
+
+    A torn last line (no newline: the run was killed mid-write) is left out; any other
+    line that is not JSON is a ``ValueError`` naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         return []
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines = lines[:-1]
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON row ({err.msg})") from None
         for key, value in row.items():
             if value in ("nan", "inf", "-inf"):
                 row[key] = float(value)

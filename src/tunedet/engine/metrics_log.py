@@ -86,11 +86,17 @@ class JSONLLogger:
 class TensorBoardLogger:
     """Scalars to TensorBoard event files in ``log_dir`` (one tag per metric key)."""
 
-    def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30):
+    def __init__(
+        self, log_dir: str | os.PathLike, flush_secs: int = 30, purge_step: int | None = None
+    ):
+        """``purge_step``: a resumed run's first step; TensorBoard hides the events an
+        earlier process wrote at that step and after (written after its checkpoint)."""
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
 
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=flush_secs)
+        self._writer = SummaryWriter(
+            log_dir=str(self.log_dir), flush_secs=flush_secs, purge_step=purge_step
+        )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         for key, value in metrics.items():

@@ -497,7 +497,9 @@ class Trainer:
                 self.run_dir / "metrics.jsonl", keep_rows=self._metrics_rows, note=self.log
             )
         loggers = MetricsLoggers(
-            [self._jsonl, TensorBoardLogger(self.run_dir / "tb")] if self.is_main else []
+            [self._jsonl, TensorBoardLogger(self.run_dir / "tb", purge_step=self.iteration + 1)]
+            if self.is_main
+            else []
         )
         bar = tqdm(
             total=self.max_iters if self.max_iters < 10**9 else None,
