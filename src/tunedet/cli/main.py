@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _model_from_checkpoint(cfg, checkpoint: str):
     import torch
 
+    from tunedet.deploy.prune import restore_pruned_structure
     from tunedet.engine.checkpoint import (
         checkpoint_class_names,
         load_checkpoint,
@@ -77,6 +78,7 @@ def _model_from_checkpoint(cfg, checkpoint: str):
     # every weight comes from the checkpoint: no ImageNet file for backbone.init
     model = build_detector(skip_backbone_init(cfg.model.model_dump())).to(device)
     state = load_checkpoint(checkpoint, map_location=device)
+    restore_pruned_structure(model, state)  # a tunedet prune checkpoint: its narrower convs
     # A run with EMA is evaluated (and used) with its averaged weights, as in training.
     weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
     load_model_state(model, weights)
