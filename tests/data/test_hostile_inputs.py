@@ -113,3 +113,14 @@ def test_bad_image_in_a_worker_names_the_file_not_the_worker(tmp_path: Path):
     message = str(info.value)
     assert message.startswith("a.png: unreadable image")
     assert "worker" not in message and "\n" not in message
+
+
+def test_predict_and_infer_read_16_bit_images_as_training_does(tmp_path: Path):
+    from tunedet.api import read_rgb
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(path)
+    np.testing.assert_array_equal(read_rgb(path), np.full((4, 4, 3), 128, np.uint8))
+    np.testing.assert_array_equal(read_rgb(Image.open(path)), read_rgb(path))
+    with pytest.raises(DataError, match=r"missing\.png: unreadable image"):
+        read_rgb(tmp_path / "missing.png")
