@@ -77,3 +77,11 @@ def test_a_directory_as_ann_file_is_one_line(config: str, tmp_path: Path, capsys
     train = f"{{type: coco, ann_file: {tmp_path}, img_dir: {tmp_path}}}"
     err = one_line_error(capsys, ["train", config, "model.num_classes=null", f"data.train={train}"])
     assert "cannot read annotation file (Is a directory)" in err
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocation(monkeypatch, capsys):
+    import tunedet.models.build as model_build
+
+    monkeypatch.setattr(model_build, "memory_bytes", lambda device: 2**20)  # a 1 MiB machine
+    err = one_line_error(capsys, ["train", "retinanet/demo", "train.max_iters=1"])
+    assert "model: 992,535 parameters need" in err and "GiB to train" in err

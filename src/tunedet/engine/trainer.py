@@ -78,6 +78,7 @@ from tunedet.engine.sliced_inference import sliced_predict_dataset
 from tunedet.engine.time_budget import TimeBudget
 from tunedet.evaluation import COCO_STAT_NAMES, coco_evaluate, format_coco_table, voc_evaluate
 from tunedet.models import build_detector
+from tunedet.models.build import check_model_memory
 from tunedet.models.detectors import loss_extras
 from tunedet.models.pretrained import init_detector
 
@@ -202,6 +203,7 @@ class Trainer:
 
         if cfg.model.num_classes is None:  # a config validated without load_config
             resolve_num_classes(cfg)
+        check_model_memory(cfg.model.model_dump(), self.device)  # before allocating it
         # the model first: a missing pretrained file fails before the data is read
         self.model = build_detector(cfg.model.model_dump())
         init_detector(self.model, cfg.load_from, cfg.freeze, log=self.log)  # pretrained.py

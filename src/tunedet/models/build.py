@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import torch
 from torch import nn
 
 import tunedet.anchors  # noqa: F401  (registers anchor generators)
@@ -213,4 +215,40 @@ def _check_combination(
         raise ValueError(
             f"{prefix}assigner.scale_ranges: {levels + 1} boundaries give {levels} levels, "
             f"but {prefix}anchor_generator has {len(anchors.strides)} (strides {anchors.strides})"
+        )
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` in bytes (a CUDA card's, or the machine's RAM); None if
+    unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+
+
+def check_model_memory(spec: dict[str, Any], device: torch.device) -> None:
+    """Refuse, before any allocation, a model whose training state would not fit in the
+    device's memory: its parameters are counted on the ``meta`` device (no memory), and
+    training holds at least three fp32 copies (weights, gradients, momentum). A model
+    that cannot be built on ``meta`` is not checked."""
+    available = memory_bytes(device)
+    if available is None:
+        return
+    from tunedet.models.pretrained import skip_backbone_init
+
+    try:
+        with torch.device("meta"):
+            model = build_detector(skip_backbone_init(spec))  # no weight file read twice
+    except Exception:  # noqa: BLE001 (the real build reports the problem)
+        return
+    count = sum(p.numel() for p in model.parameters())
+    needed = 3 * 4 * count
+    if needed > available:
+        raise ValueError(
+            f"model: {count:,} parameters need {needed / 2**30:.1f} GiB to train (weights, "
+            f"gradients, momentum) but {device.type} has {available / 2**30:.1f} GiB "
+            "(check model.num_classes and the widths)"
         )
