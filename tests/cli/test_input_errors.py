@@ -85,3 +85,12 @@ def test_a_model_too_large_for_memory_is_refused_before_allocation(monkeypatch, 
     monkeypatch.setattr(model_build, "memory_bytes", lambda device: 2**20)  # a 1 MiB machine
     err = one_line_error(capsys, ["train", "retinanet/demo", "train.max_iters=1"])
     assert "model: 992,535 parameters need" in err and "GiB to train" in err
+
+
+def test_deeply_nested_detections_json_is_one_line(tmp_path: Path, capsys):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    dets = tmp_path / "dets.json"
+    dets.write_text("[" * 100_000 + "]" * 100_000)
+    err = one_line_error(capsys, ["evaluate", "--gt", str(gt), "--dets", str(dets)])
+    assert "dets.json: nested too deeply" in err

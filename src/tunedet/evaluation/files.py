@@ -40,6 +40,8 @@ def load_json_file(path: str | Path, what: str) -> Any:
         ) from None
     except UnicodeDecodeError as err:
         raise EvaluationInputError(f"{what} file {path} is not UTF-8 text: {err.reason}") from None
+    except RecursionError:
+        raise EvaluationInputError(f"{what} file {path}: nested too deeply") from None
 
 
 def check_results_list(results: Any, path: str | Path) -> list[dict]:
