@@ -137,3 +137,8 @@ def test_yolo_labels_follow_the_last_images_component(tmp_path: Path):
     labels.mkdir(parents=True)
     assert default_label_dir(images) == labels
     assert default_label_dir(images.parent) == labels.parent  # ds/images -> ds/labels
+
+
+def test_a_home_folder_that_does_not_exist_is_a_missing_path(tmp_path: Path):
+    with pytest.raises(ConfigError, match="~nosuchuser/ds: no such dataset file or folder"):
+        load_config(DEMO, ["data=~nosuchuser/ds"])

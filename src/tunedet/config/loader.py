@@ -146,9 +146,17 @@ def merge(base: Any, update: Any) -> Any:
     return merged
 
 
+def user_path(value: str) -> Path:
+    """``Path(value)`` with ``~`` expanded (kept as written where no home folder is known)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # "~nosuchuser/...": no such home folder
+        return Path(value)
+
+
 def resolve_data_path(value: str, folder: Path, builtin: bool) -> str:
     """A relative data path named in a YAML file in ``folder`` (see the module docstring)."""
-    path = Path(value).expanduser()
+    path = user_path(value)
     if path.is_absolute():
         return str(path)
     beside = (folder / path).resolve()

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunedet.config.loader import user_path
+
 DATA_YAML_NAMES = ("data.yaml", "dataset.yaml")
 
 
@@ -54,7 +56,7 @@ class DatasetSplits:
 
 def dataset_splits(source: str | Path) -> DatasetSplits:
     """The datasets of an ultralytics YAML file or a dataset folder (module docstring)."""
-    path = Path(source).expanduser()
+    path = user_path(str(source))
     if path.is_file():
         if path.suffix.lower() not in (".yaml", ".yml"):
             raise DatasetFileError(f"{path}: expected an ultralytics dataset .yaml or a folder")
@@ -96,7 +98,7 @@ def _dataset_root(data: dict[str, Any], where: Path) -> Path:
         return where.parent.resolve()
     if not isinstance(value, str):
         raise DatasetFileError(f"{where}: path must be a folder name, got {value!r}")
-    root = Path(value).expanduser()
+    root = user_path(value)
     if root.is_absolute():
         return root
     beside = (where.parent / root).resolve()
