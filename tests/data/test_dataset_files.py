@@ -142,3 +142,14 @@ def test_yolo_labels_follow_the_last_images_component(tmp_path: Path):
 def test_a_home_folder_that_does_not_exist_is_a_missing_path(tmp_path: Path):
     with pytest.raises(ConfigError, match="~nosuchuser/ds: no such dataset file or folder"):
         load_config(DEMO, ["data=~nosuchuser/ds"])
+
+
+def test_yolo_folder_with_classes_txt_and_no_yaml(tmp_path: Path):
+    data_yaml = write_ultralytics(tmp_path / "ds")
+    data_yaml.unlink()
+    with pytest.raises(ConfigError, match="not a dataset folder"):
+        load_config(DEMO, [f"data={tmp_path / 'ds'}"])
+    (tmp_path / "ds" / "classes.txt").write_text("cat\ndog\n")
+    cfg = load_config(DEMO, [f"data={tmp_path / 'ds'}"])
+    assert cfg.model.num_classes == 2 and cfg.data.val.classes == ["cat", "dog"]
+    assert build_dataset(cfg.data.val)[1]["labels"].tolist() == [1]

@@ -21,6 +21,9 @@ A folder is read when its layout says which format it holds:
 - ``train/`` and ``val/`` (or ``valid/``) folders, each with one COCO ``*.json``
   and its images (the Roboflow export) or with VOC ``*.xml`` files (or a devkit
   ``Annotations/``);
+- the ultralytics layout without a YAML: ``images/train`` (and ``images/val``) with
+  their ``labels/`` and the class names one per line in ``classes.txt`` (LabelImg)
+  or ``obj.names`` (darknet);
 - the COCO layout: ``annotations/instances_train*.json`` and
   ``annotations/instances_val*.json`` with the images in the folders of the same
   suffix (``train2017/``, ``val2017/``).
@@ -39,6 +42,7 @@ from typing import Any
 from tunedet.config.loader import user_path
 
 DATA_YAML_NAMES = ("data.yaml", "dataset.yaml")
+NAMES_FILES = ("classes.txt", "obj.names")
 
 
 class DatasetFileError(ValueError):
@@ -193,6 +197,16 @@ def read_dataset_folder(folder: Path) -> DatasetSplits:
         val = _folder_spec(val_dir) if val_dir is not None else None
         if train is not None and (val is None or val["type"] == train["type"]):
             return _with_classes(train, val)
+    names_file = next((folder / n for n in NAMES_FILES if (folder / n).is_file()), None)
+    yolo_train = folder / "images" / "train"
+    if names_file is not None and yolo_train.is_dir():
+        classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if not classes:
+            raise DatasetFileError(f"{names_file}: no class names (one per line)")
+        yolo_val = _split_folder(folder / "images", ("val", "valid", "validation"))
+        train = {"type": "yolo", "img_dir": str(yolo_train.resolve()), "classes": classes}
+        val = {**train, "img_dir": str(yolo_val.resolve())} if yolo_val is not None else None
+        return DatasetSplits(train, val, classes)
     annotations = folder / "annotations"
     train_files = sorted(annotations.glob("instances_train*.json"))
     if len(train_files) == 1:
@@ -208,6 +222,6 @@ def read_dataset_folder(folder: Path) -> DatasetSplits:
         return _with_classes(coco_spec(train_files[0]), val)
     raise DatasetFileError(
         f"{folder}: not a dataset folder tunedet can read: no data.yaml, no train/ + val/ "
-        "folders of COCO JSON or VOC XML, no annotations/instances_train*.json (a YOLO "
-        "folder needs a data.yaml naming its classes)"
+        "folders of COCO JSON or VOC XML, no images/train with classes.txt, no "
+        "annotations/instances_train*.json (a YOLO folder needs its class names)"
     )
