@@ -144,12 +144,14 @@ def test_bit_flipped_checkpoint_is_skipped_and_never_named_last_good(
     Trainer(cfg, tmp_path, log=quiet).train()
     latest = tmp_path / "checkpoints" / "iter_0000002.pt"
     flip_a_bit_in_the_weights(latest)
+    (tmp_path / ".best.pt.killed.tmp").write_bytes(b"a save cut short")
     lines: list[str] = []
     resumed = Trainer(cfg, tmp_path, log=lines.append)
     assert resumed.resume()
     assert f"skipping bad checkpoint: checkpoint {latest} is corrupt (CRC-32 mismatch" in lines[0]
     previous = tmp_path / "checkpoints" / "iter_0000001.pt"
     assert resumed.iteration == 1 and resumed.last_checkpoint == str(previous)
+    assert not (tmp_path / ".best.pt.killed.tmp").exists()
 
 
 def test_final_checkpoint_is_written_once(tmp_path: Path, tiny_demo: list[str], monkeypatch):

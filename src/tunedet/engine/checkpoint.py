@@ -242,7 +242,7 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [f for f in folder.glob(".iter_*.pt.*.tmp") if f.is_file()]
+    stale = [f for f in folder.glob(".*.pt.*.tmp") if f.is_file()]
     for file in stale:
         file.unlink(missing_ok=True)
     return stale

@@ -338,6 +338,7 @@ class Trainer:
         """
         if self.is_main:
             remove_stale_temp_files(self.ckpt_dir)
+            remove_stale_temp_files(self.run_dir)  # of last.pt, best.pt
         candidates = checkpoints_newest_first(self.ckpt_dir)
         for path in candidates:
             try:

@@ -247,7 +247,7 @@ def fit(
     timings["final training"] = clock.elapsed - sum(timings.values())
     trainer.val_set = val_set
     metrics = trainer.evaluate()
-    (out / "final" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (trainer.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log(f"final training: {trainer.iteration} iterations, {METRIC} {metrics.get(METRIC, 0):.4f}")
 
     # 6. outside the budget: TTA, the recipe, the report
