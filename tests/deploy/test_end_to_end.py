@@ -14,7 +14,7 @@ from PIL import Image
 from tunedet.api import Detector
 from tunedet.cli.main import main
 from tunedet.config.loader import load_config, to_plain
-from tunedet.deploy.end_to_end import resize_weights
+from tunedet.deploy.end_to_end import dense_kind, resize_weights
 from tunedet.engine.checkpoint import save_checkpoint
 from tunedet.models import build_detector
 
@@ -120,3 +120,11 @@ def test_resize_weights_are_pils_bilinear_filter(size, out):
     ours = weights.numpy() @ row[0].astype(np.float64)
     np.testing.assert_allclose(ours[:out], pil[0], atol=0.51)
     assert (ours[out:] == 0).all()  # rows past the resized size: padding
+
+
+def test_a_detector_the_graph_cannot_reproduce_is_refused_in_one_line():
+    """Faster R-CNN's two stages are not a dense head: export names it and offers --raw."""
+    cfg = load_config("faster_rcnn/demo")
+    model = build_detector(cfg.model.model_dump())
+    with pytest.raises(ValueError, match="not FasterRCNN: use --raw"):
+        dense_kind(model)
