@@ -49,8 +49,6 @@ FINDER_ITERS = (15, 50)  # fewer steps than the first: no finder
 SEARCH_SHARE = 0.3  # of the budget left after the LR finder
 TRIALS_TARGET = 8  # trials the search is sized for (pruned ones cost a third)
 MIN_TRIAL_ITERS = 30  # shorter trials would rank nothing: no search
-SCALE_CHOICES = (0.71, 1.0, 1.41)  # the scale rule's factor times these
-LR_RANGE = (1 / 3, 3.0)  # the LR finder's LR times these (log-uniform)
 METRIC = "AP50"
 
 
