@@ -423,22 +423,25 @@ def run_search(
         metric=METRIC,
         log=log,
     )
-    deadline = clock.elapsed + search_seconds
+    started = clock.elapsed
+    deadline = started + search_seconds
     search.optimize(lambda: deadline - clock.elapsed)
+    spent = clock.elapsed - started
     rows = search.rows()
     importances = search.importances()
     best = search.best()
     complete = sum(1 for r in rows if r["state"] == "complete")
     pruned = sum(1 for r in rows if r["state"].startswith("pruned"))
     if best is None:
-        why = f"{len(rows)} trials of {trial_iters} iterations, none complete: the rules' recipe"
+        why = f"{len(rows)} trial(s) of {trial_iters} iterations, none complete: the rules' recipe"
         return rows, importances, {}, Rule("search", {}, why)
     chosen, value, number = best
     shown = ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items()
     )
     why = (
-        f"{len(rows)} trials of {trial_iters} iterations in {search_seconds:.0f} s "
+        f"{len(rows)} trial(s) of {trial_iters} iterations in {spent:.0f} s (planned "
+        f"{search_seconds:.0f} s) "
         f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
         f"best, {METRIC} {value:.3f} ({shown})"
     )
