@@ -82,22 +82,22 @@ def test_dataset_spec_reads_coco_voc_and_data_yaml(tmp_path, tiny_coco):
     voc.mkdir()
     (voc / "a.xml").write_text("<annotation/>")
     assert dataset_spec(voc) == ({"type": "voc", "root": str(voc)}, None)
+    for split in ("train", "val"):
+        (tmp_path / "set" / "images" / split).mkdir(parents=True)
+        (tmp_path / "set" / "labels" / split).mkdir(parents=True)
     data_yaml = tmp_path / "data.yaml"
+    names = {0: "a", 1: "b"}
     data_yaml.write_text(
         yaml.safe_dump(
-            {"path": "set", "train": "images/train", "val": "images/val", "names": {0: "a", 1: "b"}}
+            {"path": "set", "train": "images/train", "val": "images/val", "names": names}
         )
     )
-    train, val = dataset_spec(data_yaml)
-    assert train == {
-        "type": "yolo",
-        "img_dir": str(tmp_path / "set" / "images/train"),
-        "classes": ["a", "b"],
-    }
-    assert val["img_dir"].endswith("images/val")
+    train, val = dataset_spec(data_yaml)  # what data=PATH reads
+    assert train["type"] == "yolo" and train["classes"] == ["a", "b"]
+    assert train["img_dir"].endswith("images/train") and val["img_dir"].endswith("images/val")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="not a dataset folder"):
+    with pytest.raises(ValueError, match="tunedet fit also reads"):
         dataset_spec(empty)
 
 
