@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tunedet.api import Detector
-from tunedet.cli.main import main
+from tunedet.cli.main import main, new_numbered_dir
 from tunedet.engine.checkpoint import latest_checkpoint
 
 
@@ -90,6 +90,8 @@ def test_infer_writes_csv_coco_and_yolo_into_new_numbered_folders(checkpoint, tm
         assert main(["infer", *common, "--format", fmt]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "infer", "infer2", "infer3"]
+    assert new_numbered_dir(tmp_path / "exp1").name == "exp1"
+    assert new_numbered_dir(tmp_path / "exp1").name == "exp1_2"
 
     with (out / "detections.csv").open() as handle:
         rows = list(csv.DictReader(handle))

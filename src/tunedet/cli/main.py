@@ -235,10 +235,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def new_numbered_dir(base: Path) -> Path:
     """Create and return ``base``, or ``base2``, ``base3``, ... the first that does not exist
-    (``mkdir`` without ``exist_ok``: two runs at once never share one)."""
+    (``mkdir`` without ``exist_ok``: two runs at once never share one); a name ending in a
+    digit takes ``_`` as run directories do (``exp1``, ``exp1_2``)."""
     base.parent.mkdir(parents=True, exist_ok=True)
+    sep = "_" if base.name[-1:].isdigit() else ""
     for number in range(1, 10_000):
-        path = base if number == 1 else base.with_name(f"{base.name}{number}")
+        path = base if number == 1 else base.with_name(f"{base.name}{sep}{number}")
         try:
             path.mkdir()
         except FileExistsError:
