@@ -15,7 +15,7 @@ from tunedet.losses.corner import (
     penalty_reduced_focal_loss,
 )
 from tunedet.models import build_detector
-from tunedet.models.heads.cornernet import corner_pool
+from tunedet.models.heads.cornernet import CornerMaps, corner_pool
 
 
 @pytest.mark.parametrize("direction", ["top", "left", "bottom", "right"])
@@ -150,7 +150,7 @@ def test_predict_pairs_planted_corners_of_one_class_with_close_embeddings(monkey
     maps["br_heat"][0, 1, 28, 26] = 2.0
     maps["tl_embed"][0, 20, 20] = 5.0
     maps["br_embed"][0, 28, 26] = 5.2
-    monkeypatch.setattr(model, "forward", lambda images: maps)
+    monkeypatch.setattr(model, "forward", lambda images: CornerMaps(**maps))
     dets = model.predict(torch.zeros(1, 3, 128, 128), torch.tensor([[128, 128]]))[0]
     top = torch.sigmoid(torch.tensor(3.0)).item()
     second = torch.sigmoid(torch.tensor(2.0)).item()
@@ -179,3 +179,17 @@ def test_cornernet_loss_terms_are_finite_and_train():
         total.backward()
         optimizer.step()
     assert total.item() < first
+
+
+def test_cornernet_dense_network_exports_to_torchscript(tmp_path, capsys):
+    from tunedet.cli.main import main
+    from tunedet.engine.checkpoint import save_checkpoint
+
+    model = tiny_cornernet()
+    ckpt = tmp_path / "cornernet.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "classes": ["a", "b", "c"]})
+    out = tmp_path / "cornernet.torchscript.pt"
+    argv = ["export", "cornernet/demo", "threads=1", "--checkpoint", str(ckpt), "--raw"]
+    assert main([*argv, "--format", "torchscript", "--out", str(out), "--image-size", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert float(printed.split("max abs difference vs eager (")[1].split("): ")[1]) < 1e-3

@@ -29,6 +29,7 @@ from tunedet.losses.corner import (
     gaussian_radius,
     penalty_reduced_focal_loss,
 )
+from tunedet.models.heads.cornernet import CornerMaps
 from tunedet.models.postprocess import split_per_image
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -109,8 +110,8 @@ class CornerNet(nn.Module):
         self.max_dets = max_dets
         self.stride = int(neck.strides[0]) if hasattr(neck, "strides") else int(backbone.strides[0])
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """images (B, 3, H, W) → the head's maps (see ``CornerNetHead``), at ``self.stride``."""
+    def forward(self, images: Tensor) -> CornerMaps:
+        """images (B, 3, H, W) → the head's six maps (``CornerMaps``), at ``self.stride``."""
         return self.head(self.neck(self.backbone(images)))
 
     def corner_targets(
@@ -140,7 +141,7 @@ class CornerNet(nn.Module):
 
         Returns ``{"heat", "pull", "push", "offset"}``.
         """
-        outputs = {k: v.float() for k, v in self(images).items()}
+        outputs = {k: v.float() for k, v in self(images)._asdict().items()}
         height, width = outputs["tl_heat"].shape[-2:]
         gt_boxes = gt_boxes.to(outputs["tl_heat"])
         valid = gt_labels >= 0
@@ -180,7 +181,7 @@ class CornerNet(nn.Module):
     def predict(self, images: Tensor, image_sizes: Tensor) -> list[dict[str, Tensor]]:
         """images: (B, 3, H, W); image_sizes: (B, 2) (h, w) of the unpadded images →
         per image ``boxes (K, 4)`` xyxy px, ``scores (K,)``, ``labels (K,)``."""
-        outputs = {k: v.float() for k, v in self(images).items()}
+        outputs = {k: v.float() for k, v in self(images)._asdict().items()}
         width = outputs["tl_heat"].shape[-1]
         corners = {}
         for c in ("tl", "br"):

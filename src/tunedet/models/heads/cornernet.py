@@ -16,7 +16,7 @@ conv-BN-ReLU.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -60,6 +60,17 @@ class CornerPooling(nn.Module):
         return self.out(torch.relu(self.merge(pooled) + self.shortcut(x)))
 
 
+class CornerMaps(NamedTuple):
+    """The head's outputs (a tuple, so that tracing and ONNX export take it)."""
+
+    tl_heat: Tensor  # (B, C, H, W) logits
+    br_heat: Tensor
+    tl_embed: Tensor  # (B, H, W)
+    br_embed: Tensor
+    tl_offset: Tensor  # (B, 2, H, W) (x, y) in cells
+    br_offset: Tensor
+
+
 def _prediction(channels: int, outputs: int) -> nn.Sequential:
     """3×3 conv + ReLU + 1×1 conv (CornerNet's output branches)."""
     return nn.Sequential(
@@ -73,8 +84,8 @@ def _prediction(channels: int, outputs: int) -> nn.Sequential:
 class CornerNetHead(nn.Module):
     """Corner pooling + heatmap/embedding/offset branches for top-left and bottom-right corners.
 
-    ``forward(feats)`` reads the first (finest) map ``(B, in_channels, H, W)`` and returns a
-    dict of ``tl_heat``/``br_heat`` ``(B, C, H, W)`` logits, ``tl_embed``/``br_embed``
+    ``forward(feats)`` reads the first (finest) map ``(B, in_channels, H, W)`` and returns
+    ``CornerMaps`` of ``tl_heat``/``br_heat`` ``(B, C, H, W)`` logits, ``tl_embed``/``br_embed``
     ``(B, H, W)`` and ``tl_offset``/``br_offset`` ``(B, 2, H, W)`` (x, y in cells).
     ``prior_prob``: the heatmaps' starting probability (CornerNet's bias −2.19 is 0.1).
     """
@@ -107,14 +118,14 @@ class CornerNetHead(nn.Module):
         for heat in (self.tl_heat, self.br_heat):
             nn.init.constant_(heat[-1].bias, focal_prior_bias(prior_prob))
 
-    def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
+    def forward(self, feats: list[Tensor]) -> CornerMaps:
         x = self.reduce(feats[0])
         tl, br = self.tl_pool(x), self.br_pool(x)
-        return {
-            "tl_heat": self.tl_heat(tl),
-            "br_heat": self.br_heat(br),
-            "tl_embed": self.tl_embed(tl)[:, 0],
-            "br_embed": self.br_embed(br)[:, 0],
-            "tl_offset": self.tl_offset(tl),
-            "br_offset": self.br_offset(br),
-        }
+        return CornerMaps(
+            tl_heat=self.tl_heat(tl),
+            br_heat=self.br_heat(br),
+            tl_embed=self.tl_embed(tl)[:, 0],
+            br_embed=self.br_embed(br)[:, 0],
+            tl_offset=self.tl_offset(tl),
+            br_offset=self.br_offset(br),
+        )
