@@ -215,3 +215,19 @@ def test_roi_head_dropout_drops_in_training_and_is_identity_in_evaluation():
     torch.testing.assert_close(with_dropout.eval()(feats, rois), without.eval()(feats, rois))
     logits, _ = with_dropout.train()(feats, rois)
     assert not torch.allclose(logits, without.eval()(feats, rois)[0])
+
+
+def test_layer_and_instance_norm_reach_the_neck_and_head_from_a_config():
+    from tunedet.config.loader import load_config
+    from tunedet.models import build_detector
+
+    cfg = load_config("retinanet/demo", ["model.head.norm=ln", "model.neck.norm=in"])
+    model = build_detector(cfg.model.model_dump())
+    head_norms = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
+    neck_norms = [m for m in model.neck.modules() if isinstance(m, nn.GroupNorm)]
+    assert head_norms and all(m.num_groups == 1 for m in head_norms)
+    assert neck_norms and all(m.num_groups == m.num_channels for m in neck_norms)
+    images = torch.randn(2, 3, 64, 64)
+    boxes = torch.tensor([[[4.0, 6, 30, 40]], [[10, 10, 40, 30]]])
+    losses = model.loss(images, boxes, torch.tensor([[0], [1]]))
+    assert all(torch.isfinite(v) for v in losses.values())

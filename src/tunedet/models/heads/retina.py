@@ -39,7 +39,7 @@ class RetinaHead(nn.Module):
         num_anchors: int,
         feat_channels: Annotated[int, Field(ge=1)] = 256,
         stacked_convs: Annotated[int, Field(ge=0)] = 4,
-        norm: Literal["none", "gn", "bn"] = "none",
+        norm: Literal["none", "gn", "bn", "ln", "in"] = "none",
         act: ActKind = "relu",
         prior_prob: Annotated[float, Field(gt=0, lt=1)] = 0.01,
         separable: bool = False,
