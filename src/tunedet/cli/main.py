@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config, args.overrides)
     run_dir = _run_dir(cfg, args.config, args.work_dir)
+    check_run_dir(run_dir)
     distributed.init_from_env(resolve_device(cfg.device))
     try:
         trainer = Trainer(cfg, run_dir, must_resume=args.resume)
@@ -414,18 +415,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def plural(kind: str) -> str:
+    """English plural of a registry kind: ``box_loss`` -> ``box_losses``, ``lr_policy`` ->
+    ``lr_policies``, ``head`` -> ``heads``."""
+    if kind.endswith(("s", "x", "ch", "sh")):
+        return kind + "es"
+    if kind.endswith("y") and kind[-2:-1] not in "aeiou":
+        return kind[:-1] + "ies"
+    return kind + "s"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from tunedet.config.registry import REGISTRIES
     from tunedet.config.schema import _import_components
 
     _import_components()
-    kinds = {k: k for k in REGISTRIES}
-    kinds.update({f"{k}s": k for k in REGISTRIES})
-    kinds.update({"detectors": "detector", "configs": "configs"})
+    kinds = {"config": "configs", "configs": "configs"}
+    for k in REGISTRIES:
+        kinds.update({k: k, plural(k): k})
     if args.kind is None:
-        print("kinds: " + ", ".join(sorted({f"{k}s" for k in REGISTRIES} | {"configs"})))
+        print("kinds: " + ", ".join(sorted({plural(k) for k in REGISTRIES} | {"configs"})))
         return 0
-    kind = kinds.get(args.kind)
+    kind = kinds.get(args.kind.strip().lower().replace("-", "_"))
     if kind is None:
         from tunedet.config.registry import unknown_name_message
 
@@ -623,6 +634,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 400  # characters of an error's one line
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: MemoryError, or torch's RuntimeError for CPU and CUDA memory."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or any(
+        key in text for key in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+
+
+def one_line_error(error: BaseException) -> str:
+    """The message of an expected error on one line: an ``OSError`` as ``PATH: reason``, a
+    ``RecursionError`` and memory errors in words, the first line of anything else, each cut
+    to ``MAX_MESSAGE`` characters."""
+    if isinstance(error, RecursionError):
+        text = "the input is nested too deeply to read (Python's recursion limit)"
+    elif is_out_of_memory(error):
+        first = (str(error).strip().splitlines() or [""])[0]
+        text = f"out of memory{': ' + first if first else ''}; use smaller images, batch or model"
+    elif isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        other = f" -> {error.filename2}" if error.filename2 is not None else ""
+        text = f"{where}{error.strerror}{other}"
+        if isinstance(error, (FileExistsError, NotADirectoryError)):
+            text += " (a file stands where a folder is needed)"
+    else:
+        text = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, before any training, a run directory that cannot hold the run: a file in
+    place of the folder, of ``checkpoints/`` or of a parent, or a folder without write
+    permission (otherwise found at the first checkpoint, after the training it loses)."""
+    import os
+
+    for folder in (run_dir / "checkpoints", run_dir, *run_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file, not a folder: pick another --work-dir")
+    existing = next(p for p in (run_dir, *run_dir.parents, Path(".")) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(13, "no write permission for the run directory", str(existing))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -639,12 +695,24 @@ def main(argv: list[str] | None = None) -> int:
     from tunedet.engine.checkpoint import CheckpointError
     from tunedet.engine.finite_guard import NonFiniteLossError
 
-    expected = (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError)
+    expected = (
+        ConfigError,
+        CheckpointError,
+        NonFiniteLossError,
+        ValueError,
+        OSError,  # and its family: permissions, a file where a folder should be, a full disk
+        RecursionError,  # input nested deeper than Python's stack
+        MemoryError,
+    )
     try:
         return args.func(args)
     except expected as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"tunedet {args.command}: error: {message}", file=sys.stderr)
+        print(f"tunedet {args.command}: error: {one_line_error(error)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # torch reports a failed allocation as a RuntimeError
+        if not is_out_of_memory(error):
+            raise
+        print(f"tunedet {args.command}: error: {one_line_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tunedet {args.command}: interrupted", file=sys.stderr)
