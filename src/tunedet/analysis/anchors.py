@@ -19,6 +19,10 @@ Proposal (as YOLOv2's dimension clusters, with distance 1 - IoU):
    geometric-mean size divided by the mean of the scales 2^(i/S); ``ratios``
    (h / w) are the geometric mean of the centres' aspect ratios when the
    config has one ratio, else evenly spaced quantiles of the boxes' ratios.
+   A YOLO generator (explicit (w, h) per level) takes k = levels x anchors per level and
+   the centres sorted by area as its ``sizes``, the smallest on the finest level; other
+   generators (SSD's priors) get the coverage of their shapes and of k-means with one
+   centre per level, and no proposal.
 Mean best IoU and recall at IoU 0.5 are reported for the config's anchors,
 the k-means centres and the proposed grid; the proposal is written as a
 config fragment (``model.anchor_generator``) to merge with ``_base_``.
@@ -106,9 +110,47 @@ def coverage(wh: np.ndarray, anchors: np.ndarray, iou_thr: float = 0.5) -> dict[
 
 def generator_shapes(generator: Any) -> np.ndarray:
     """(A, 2) (w, h) of every anchor shape of every level of an anchor generator."""
-    levels = generator.grid_anchors([(1, 1)] * len(generator.strides), dtype=torch.float64)
-    boxes = torch.cat(levels).numpy()
+    levels = range(len(generator.strides))
+    boxes = torch.cat([generator.base_anchors(level) for level in levels]).double().numpy()
     return boxes[:, 2:] - boxes[:, :2]
+
+
+def generator_family(generator: Any) -> str:
+    """``"grid"`` (base sizes x scales x ratios), ``"yolo"`` (explicit (w, h) per level) or
+    ``"fixed"`` (any other generator, e.g. SSD's priors: coverage only, no proposal)."""
+    from tunedet.anchors.grid import GridAnchorGenerator
+    from tunedet.anchors.yolo import YOLOAnchorGenerator
+
+    if isinstance(generator, YOLOAnchorGenerator):
+        return "yolo"
+    if type(generator) is GridAnchorGenerator:
+        return "grid"
+    return "fixed"
+
+
+def default_k(generator: Any) -> int:
+    """Clusters the proposal needs: levels x scales per octave (grid), every (w, h) (yolo);
+    one per level for a generator the tool does not propose for."""
+    family = generator_family(generator)
+    if family == "grid":
+        return len(generator.strides) * generator.scales_per_octave
+    if family == "yolo":
+        return len(generator.strides) * generator.num_anchors_per_location
+    return len(generator.strides)
+
+
+def propose_yolo(centres: np.ndarray, generator: Any) -> dict[str, list]:
+    """``{"sizes": per level ((w, h), ...)}``: the centres sorted by area, the smallest to the
+    finest level, as YOLOv3 distributes its 9 clusters over strides 8, 16, 32."""
+    per_level = generator.num_anchors_per_location
+    if len(centres) != len(generator.strides) * per_level:
+        raise ValueError(f"need {len(generator.strides) * per_level} centres, got {len(centres)}")
+    ordered = centres[np.argsort(centres.prod(axis=1), kind="stable")]
+    sizes = [
+        [[round(float(w), 1), round(float(h), 1)] for w, h in ordered[i : i + per_level]]
+        for i in range(0, len(ordered), per_level)
+    ]
+    return {"sizes": sizes}
 
 
 def propose_grid(centres: np.ndarray, wh: np.ndarray, generator: Any) -> dict[str, list[float]]:
@@ -136,26 +178,29 @@ def analyze_anchors(
 ) -> dict[str, Any]:
     """The report behind the tool: coverage of current, k-means and proposed anchors.
 
-    `generator` is the config's grid anchor generator; `k` defaults to levels x
-    scales per octave (the proposal needs that k).
+    `generator` is the config's anchor generator; `k` defaults to what the proposal needs
+    (``default_k``). A grid generator gets new ``base_sizes`` / ``ratios``, a YOLO one new
+    ``sizes``; other generators (SSD priors) get the coverage of their shapes and of the
+    k-means centres, without a proposal.
     """
     from tunedet.anchors.grid import GridAnchorGenerator
+    from tunedet.anchors.yolo import YOLOAnchorGenerator
 
-    if not isinstance(generator, GridAnchorGenerator):
-        raise ValueError(
-            f"the anchors tool proposes grid anchor settings; the config uses {generator!r}"
-        )
+    family = generator_family(generator)
     keep = drop_extreme_boxes(wh, trim=trim)
-    k_grid = len(generator.strides) * generator.scales_per_octave
-    centres = kmeans_wh(wh[keep], k or k_grid)
+    k_needed = default_k(generator)
+    centres = kmeans_wh(wh[keep], k or k_needed)
     current = generator_shapes(generator)
     out: dict[str, Any] = {
+        "family": family,
         "num_boxes": int(len(wh)),
         "num_clustered": int(keep.sum()),
         "current": {"shapes": current.tolist(), **coverage(wh, current)},
         "kmeans": {"shapes": centres.tolist(), **coverage(wh, centres)},
     }
-    if len(centres) == k_grid:
+    if len(centres) != k_needed or family == "fixed":
+        return out
+    if family == "grid":
         proposal = propose_grid(centres, wh[keep], generator)
         proposed = GridAnchorGenerator(
             strides=generator.strides,
@@ -165,8 +210,15 @@ def analyze_anchors(
             center_offset=generator.center_offset,
             scale_major=generator.scale_major,
         )
-        shapes = generator_shapes(proposed)
-        out["proposed"] = {**proposal, "shapes": shapes.tolist(), **coverage(wh, shapes)}
+    else:
+        proposal = propose_yolo(centres, generator)
+        proposed = YOLOAnchorGenerator(
+            strides=generator.strides,
+            sizes=tuple(tuple(map(tuple, level)) for level in proposal["sizes"]),
+            center_offset=generator.center_offset,
+        )
+    shapes = generator_shapes(proposed)
+    out["proposed"] = {**proposal, "shapes": shapes.tolist(), **coverage(wh, shapes)}
     return out
 
 
@@ -183,9 +235,8 @@ def config_fragment(report: dict[str, Any], source: str, section: tuple[str, ...
         f"proposed {new['recall']:.3f}\n"
         "# Use: `_base_: <your config>` followed by this fragment.\n"
     )
-    body: dict[str, Any] = {
-        "anchor_generator": {"base_sizes": new["base_sizes"], "ratios": new["ratios"]}
-    }
+    knobs = ("sizes",) if report.get("family") == "yolo" else ("base_sizes", "ratios")
+    body: dict[str, Any] = {"anchor_generator": {key: new[key] for key in knobs}}
     for key in reversed(("model", *section)):
         body = {key: body}
     return header + yaml.safe_dump(body, default_flow_style=None, sort_keys=False)
@@ -237,12 +288,17 @@ def plot_anchor_fit(wh: np.ndarray, report: dict[str, Any], out: str | Path) -> 
 
 def run(args: argparse.Namespace) -> int:
     from tunedet.models import build_detector
+    from tunedet.models.pretrained import skip_backbone_init
 
     cfg = load_config(args.config, args.overrides)
-    model = build_detector(cfg.model.model_dump())
+    model = build_detector(skip_backbone_init(cfg.model.model_dump()))  # anchors only
     # a two-stage detector's anchors are its RPN's (model.rpn.anchor_generator)
     section = ("rpn",) if hasattr(model, "rpn") else ()
-    generator = model.rpn.anchor_generator if section else model.anchor_generator
+    generator = getattr(model.rpn if section else model, "anchor_generator", None)
+    if generator is None:
+        raise ValueError(
+            f"analyze anchors fits anchor shapes; model.type {cfg.model.type} has no anchors"
+        )
     wh = dataset_box_sizes(cfg, args.split, args.max_images)
     report = analyze_anchors(wh, generator, k=args.k, trim=args.trim)
     out_dir = Path(args.out)
@@ -252,6 +308,10 @@ def run(args: argparse.Namespace) -> int:
             r = report[key]
             print(f"{key:>8}: mean best IoU {r['mean_best_iou']:.3f}, recall@0.5 {r['recall']:.3f}")
     print(f"wrote {png}")
+    if report["family"] == "fixed":
+        print(
+            f"no proposal: the tool proposes grid and YOLO anchors, not {type(generator).__name__}"
+        )
     if "proposed" in report:
         fragment = out_dir / "anchors.yaml"
         fragment.write_text(config_fragment(report, args.config, section))
@@ -266,7 +326,7 @@ def add_analyze_command(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.add_argument("--split", choices=["train", "val"], default="train")
     p.add_argument("--max-images", type=int, default=500)
-    p.add_argument("--k", type=int, help="clusters (default: levels x scales per octave)")
+    p.add_argument("--k", type=int, help="clusters (default: what the proposal needs)")
     p.add_argument("--trim", type=float, default=0.01, help="quantile of extremes dropped")
     p.add_argument("--out", default="runs/analyze", help="folder for anchors.png / anchors.yaml")
     p.set_defaults(func=run)

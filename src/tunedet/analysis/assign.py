@@ -12,6 +12,7 @@ GT boxes without any positive get no training signal.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def positive_anchors(
     Returns per image ``{"anchors": (P, 4) xyxy, "level": (P,), "gt_index": (P,),
     "per_gt_level": (M_i, L) positives of each real GT on each level}``.
     """
-    cls_logits, box_deltas, anchors, per_level = model(images)
+    outputs = model(images)  # (..., anchors, num_anchors_per_level): every dense detector
+    anchors, per_level = outputs[-2], outputs[-1]
     level_of = torch.repeat_interleave(
         torch.arange(len(per_level), device=images.device),
         torch.tensor(per_level, device=images.device),
@@ -53,9 +55,11 @@ def positive_anchors(
     if gt_labels.shape[1] == 0:
         matched = torch.zeros(len(images), len(anchors), dtype=torch.long, device=anchors.device)
     else:
-        matched = model.assign_targets(
-            cls_logits, box_deltas, anchors, per_level, gt_boxes, gt_labels
-        ).matched
+        # YOLOv3's grid assigner reads only the anchors; the others also the predictions
+        # (cls_logits, box_deltas first).
+        first = next(iter(inspect.signature(model.assign_targets).parameters))
+        inputs = (anchors,) if first == "anchors" else (outputs[0], outputs[1], anchors)
+        matched = model.assign_targets(*inputs, per_level, gt_boxes, gt_labels).matched
     out = []
     for b in range(len(images)):
         positive = matched[b] > 0

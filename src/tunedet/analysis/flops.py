@@ -141,7 +141,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         batch, _ = next(model_samples(cfg, split_dataset(cfg, "val"), [0], batch_size=1))
         images, image_sizes = batch.images.to(device), batch.image_sizes.to(device)
-    rows = count_params_and_flops(model, images, image_sizes, depth=args.depth)
+    try:
+        rows = count_params_and_flops(model, images, image_sizes, depth=args.depth)
+    except RuntimeError as error:  # e.g. VGG's pooling below 1 px on a small --size
+        if not args.size:
+            raise
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"the model does not run on a {h}x{w} input (--size): {first}") from None
     print(format_table(rows, tuple(images.shape)))
     out = plot_params_and_flops(rows, tuple(images.shape), f"{args.config}", args.out)
     print(f"wrote {out}")

@@ -71,13 +71,18 @@ def model_samples(
 
 
 def build_model(cfg: Any, checkpoint: str | None = None) -> tuple[torch.nn.Module, torch.device]:
-    """The config's detector in eval mode, with ``checkpoint``'s weights when given."""
+    """The config's detector in eval mode, with ``checkpoint``'s weights when given.
+
+    Without a checkpoint the tools look at shapes, anchors and assignment, not at learned
+    weights: ``backbone.init`` (ImageNet files) is skipped, so no download is needed.
+    """
     from tunedet.engine.checkpoint import load_checkpoint, load_model_state
     from tunedet.engine.trainer import resolve_device
     from tunedet.models import build_detector
+    from tunedet.models.pretrained import skip_backbone_init
 
     device = resolve_device(cfg.device)
-    model = build_detector(cfg.model.model_dump()).to(device)
+    model = build_detector(skip_backbone_init(cfg.model.model_dump())).to(device)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, map_location=device)
         load_model_state(model, state.get("model", state), source=checkpoint)
