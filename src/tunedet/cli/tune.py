@@ -14,11 +14,12 @@ from pathlib import Path
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from tunedet.engine.interrupt import TrainingInterrupted
-    from tunedet.tuning.space import check_against_config, load_space
+    from tunedet.tuning.space import check_against_config, check_metric, load_space
     from tunedet.tuning.study import (
         TuneJob,
         counted,
         default_storage,
+        next_free_study,
         optimize,
         redact,
         results_table,
@@ -28,16 +29,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     if args.trials is None and args.timeout_min is None:
         raise ValueError("give a budget: --trials N and/or --timeout-min M")
-    out = Path(args.out or Path("runs/tune") / (args.study or Path(args.config).stem))
-    out.mkdir(parents=True, exist_ok=True)
+    if args.trials is not None and args.trials < 1:
+        raise ValueError(f"--trials must be at least 1, got {args.trials}")
+    study_name = args.study or Path(args.config).stem
+    out = Path(args.out or Path("runs/tune") / study_name)
     check_against_config(space, args.config, args.overrides)
+    check_metric(space, args.config, args.overrides)  # before any trial, not after the first
+    if args.new_study:
+        study_name, out = next_free_study(study_name, out, args.storage)
+        print(f"new study '{study_name}' in {out}")
+    out.mkdir(parents=True, exist_ok=True)
     job = TuneJob(
         config=args.config,
         space=space,
         out=out,
         base_overrides=list(args.overrides),
         storage=args.storage or default_storage(out),
-        study_name=args.study or Path(args.config).stem,
+        study_name=study_name,
         sampler=args.sampler,
         pruner=args.pruner,
         trials=args.trials,
@@ -115,4 +123,11 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
     p.add_argument("--seed", type=int, help="sampler seed (default: random)")
     p.add_argument("--out", help="output folder (default: runs/tune/<study>)")
+    p.add_argument(
+        "--new-study",
+        action="store_true",
+        help="when the study (or OUT) exists, start a new one beside it (<study>-2, OUT-2, ...)"
+        " instead of continuing it; a study run with another config, fixed overrides or"
+        " space is refused without this",
+    )
     p.set_defaults(func=cmd_tune)

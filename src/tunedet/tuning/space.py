@@ -99,6 +99,20 @@ class SearchSpace:
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
 
+    def describe(self) -> dict[str, Any]:
+        """The space as plain JSON values (stored with the study, compared on re-runs)."""
+        params = []
+        for p in self.params:
+            entry: dict[str, Any] = {"key": p.key, "kind": p.kind}
+            if p.kind == "choice":
+                entry["values"] = [encode_choice(v) for v in p.values]
+            else:
+                entry.update(low=p.low, high=p.high, log=p.log, step=p.step)
+            if p.when:
+                entry["when"] = {k: [encode_choice(v) for v in vs] for k, vs in p.when.items()}
+            params.append(entry)
+        return {"metric": self.metric, "params": params}
+
 
 def encode_choice(value: Any) -> Any:
     """Optuna stores only None/bool/int/float/str: a list or section becomes its JSON text."""
@@ -119,6 +133,51 @@ def overrides_for(chosen: dict[str, Any]) -> list[str]:
 def params_from_optuna(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
     """A finished trial's ``params`` back in file order with choices decoded."""
     return {p.key: decode_choice(params[p.key]) for p in space.params if p.key in params}
+
+
+def metric_names(cfg: Any) -> tuple[set[str], tuple[str, ...]]:
+    """The validation metrics a training of ``cfg`` returns: exact names and name prefixes
+    (VOC's ``AP/<class>``). COCO's 12 stats (and ``segm_`` ones for a mask detector), or
+    VOC's ``mAP``; nothing when the config has no ``data.val``."""
+    from tunedet.config.registry import REGISTRIES
+    from tunedet.evaluation.coco import COCO_STAT_NAMES
+
+    if cfg.data.val is None:
+        return set(), ()
+    if cfg.eval.metric == "coco":
+        names, prefixes = set(COCO_STAT_NAMES), ()
+    else:
+        names, prefixes = {"mAP"}, ("AP/",)
+    detector = REGISTRIES["detector"].get(cfg.model.type).target
+    if getattr(detector, "needs_masks", False):
+        names |= {f"segm_{name}" for name in COCO_STAT_NAMES}
+    return names, prefixes
+
+
+def check_metric(space: SearchSpace, config: str, base_overrides: list[str]) -> None:
+    """Refuse, before the first trial, a ``metric`` that training of the config never
+    reports (otherwise found after a whole trial)."""
+    from tunedet.config.loader import load_config
+
+    cfg = load_config(config, list(base_overrides))
+    names, prefixes = metric_names(cfg)
+    if not names:
+        raise ConfigError(
+            f"{space.source}: the config has no data.val, so trials have no '{space.metric}' "
+            "to maximise"
+        )
+    if space.metric in names or space.metric.startswith(prefixes):
+        return
+    import difflib
+
+    lower = {name.lower(): name for name in sorted(names)}
+    close = difflib.get_close_matches(space.metric.lower(), list(lower), n=1, cutoff=0.5)
+    hint = f"; did you mean '{lower[close[0]]}'?" if close else ""
+    shown = ", ".join(sorted(names)) + "".join(f", {p}<class>" for p in prefixes)
+    raise ConfigError(
+        f"{space.source}: metric '{space.metric}' is not a metric of eval.metric="
+        f"{cfg.eval.metric}{hint} (metrics: {shown})"
+    )
 
 
 def _number(value: Any, where: str) -> float:

@@ -15,9 +15,11 @@ killed hard leaves its trial RUNNING until the heartbeat's grace period marks it
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,7 @@ class TuneJob:
     timeout_min: float | None = None
     seed: int | None = None
     log: Any = print
+    minutes: list[float] = field(default_factory=list)  # this process's trials, for the ETA
 
 
 def trial_config(job: TuneJob, chosen: dict[str, Any]) -> Any:
@@ -141,6 +144,10 @@ def run_trial(job: TuneJob, trial: Any) -> float:
     from tunedet.engine.trainer import Trainer
 
     chosen = job.space.sample(trial)
+    shown = ", ".join(f"{k}={v}" for k, v in _short(chosen).items())
+    k = counted(trial.study) + 1
+    of = f"{k}/{job.trials}" if job.trials else f"{k}"
+    job.log(f"trial {of} (#{trial.number}) started: {shown}{_eta(job, k)}")
     # A trial never resumes: beside a folder left by an older study of the same name it
     # starts in a numbered one (engine/run_dir.py).
     cfg = load_config(
@@ -159,18 +166,34 @@ def run_trial(job: TuneJob, trial: Any) -> float:
         return False
 
     start = time.monotonic()
-    trainer = Trainer(cfg, run_dir, log=lambda *_: None, on_evaluate=on_evaluate)
-    trial.set_user_attr("run_dir", str(trainer.run_dir))  # a numbered one beside a leftover
-    metrics = trainer.train()
-    trial.set_user_attr("minutes", (time.monotonic() - start) / 60)
+    try:
+        trainer = Trainer(cfg, run_dir, log=lambda *_: None, on_evaluate=on_evaluate)
+        trial.set_user_attr("run_dir", str(trainer.run_dir))  # a numbered one beside a leftover
+        metrics = trainer.train()
+    finally:
+        minutes = (time.monotonic() - start) / 60
+        job.minutes.append(minutes)
+    trial.set_user_attr("minutes", minutes)
     trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
-    shown = ", ".join(f"{k}={v}" for k, v in _short(chosen).items())
+    took = f"{minutes:.1f} min"
     if pruned_at:
-        job.log(f"trial {trial.number}: pruned at iteration {pruned_at[0]} ({shown})")
+        job.log(f"trial {of} (#{trial.number}): pruned at iteration {pruned_at[0]} ({took})")
         raise optuna.TrialPruned()
     value = metrics[metric] if metric in metrics else _missing_metric(metric, metrics)
-    job.log(f"trial {trial.number}: {metric}={value:.4f} ({shown})")
+    job.log(f"trial {of} (#{trial.number}): {metric}={value:.4f} ({took})")
     return float(value)
+
+
+def _eta(job: TuneJob, k: int) -> str:
+    """``; ETA M min`` for the trials left (this one included) at the mean duration of this
+    process's trials so far; with a time budget only, the budget left."""
+    if job.trials is not None and job.minutes:
+        left = (job.trials - k + 1) * sum(job.minutes) / len(job.minutes)
+        return f"; ETA {left:.1f} min for {job.trials - k + 1} trial(s)"
+    if job.timeout_min is not None:
+        spent = sum(job.minutes)
+        return f"; {max(job.timeout_min - spent, 0):.1f} min of --timeout-min left"
+    return ""
 
 
 def _missing_metric(metric: str, metrics: dict[str, float]) -> float:
@@ -184,19 +207,98 @@ def _short(chosen: dict[str, Any]) -> dict[str, str]:
     return {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in chosen.items()}
 
 
-def load_study(job: TuneJob) -> Any:
-    """Create the study, or open it when it exists (a re-run or another worker)."""
+def study_identity(job: TuneJob) -> dict[str, Any]:
+    """What a study's trials share: the config, the fixed overrides and the search space
+    (stored as the study's user attribute ``tunedet``, as JSON values)."""
+    identity = {
+        "config": str(job.config),
+        "fixed_overrides": list(job.base_overrides),
+        "space": job.space.describe(),
+    }
+    return json.loads(json.dumps(identity))
+
+
+def check_identity(study: Any, job: TuneJob) -> None:
+    """Record the identity in a new study; refuse to add trials of another config, fixed
+    overrides or search space to an existing one (its trials would not be comparable, and
+    best_config.yaml would not reproduce the best trial)."""
+    wanted = study_identity(job)
+    stored = study.user_attrs.get("tunedet")
+    if stored is None:
+        study.set_user_attr("tunedet", wanted)
+        return
+    if stored == wanted:
+        return
+    differences = []
+    if stored.get("config") != wanted["config"]:
+        differences.append(f"config {stored.get('config')} -> {wanted['config']}")
+    if stored.get("fixed_overrides") != wanted["fixed_overrides"]:
+        before, after = stored.get("fixed_overrides") or [], wanted["fixed_overrides"]
+        dropped = [o for o in before if o not in after]
+        added = [o for o in after if o not in before]
+        change = " ".join([*(f"-{o}" for o in dropped), *(f"+{o}" for o in added)])
+        differences.append(f"fixed overrides ({change or 'another order'})")
+    if stored.get("space") != wanted["space"]:
+        old_space, new_space = stored.get("space") or {}, wanted["space"]
+        old_params = {p["key"]: p for p in old_space.get("params", [])}
+        new_params = {p["key"]: p for p in new_space["params"]}
+        changed = sorted(
+            k
+            for k in old_params.keys() | new_params.keys()
+            if old_params.get(k) != new_params.get(k)
+        )
+        if old_space.get("metric") != new_space["metric"]:
+            changed.insert(0, f"metric {old_space.get('metric')} -> {new_space['metric']}")
+        differences.append(f"search space ({', '.join(changed)})")
+    text = "; ".join(differences)
+    if len(text) > 240:
+        text = text[:237] + "..."
+    raise ValueError(
+        f"study '{job.study_name}' in {redact(job.storage)} was run with another {text}: "
+        "add --new-study to start a new study beside it, or name one with --study"
+    )
+
+
+def next_free_study(name: str, out: Path, storage: str | None) -> tuple[str, Path]:
+    """``(name, out)`` when neither the folder nor (in an explicit ``storage``) the study
+    exists, else the first free ``(name-N, out-N)``, N = 2, 3, ..."""
     import optuna
+
+    existing: set[str] = set()
+    if storage is not None:
+        existing = set(optuna.study.get_all_study_names(storage=open_storage(storage)))
+    for n in itertools.count(1):
+        suffix = "" if n == 1 else f"-{n}"
+        folder, study = out.with_name(out.name + suffix), name + suffix
+        if not folder.exists() and study not in existing:
+            return study, folder
+    raise AssertionError("unreachable")
+
+
+def load_study(job: TuneJob) -> Any:
+    """Create the study, or open it when it exists (a re-run or another worker) and was
+    made with the same config, fixed overrides and space (``check_identity``)."""
+    import optuna
+    import sqlalchemy.exc
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(job.storage)
-    study = optuna.create_study(
-        study_name=job.study_name,
-        storage=storage,
-        pruner=make_pruner(job.pruner),
-        direction="maximize",
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            study_name=job.study_name,
+            storage=storage,
+            pruner=make_pruner(job.pruner),
+            direction="maximize",
+            load_if_exists=True,
+        )
+        check_identity(study, job)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        cause = error.__cause__ or error  # the database's own words
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ValueError(
+            f"study storage {redact(job.storage)} is not an Optuna study database of this "
+            f"version ({first}): give another --storage or --out"
+        ) from None
     # A seeded sampler restarted on an existing study would replay its first picks:
     # offset the seed by the trials already there (re-runs and extra workers differ).
     seed = None if job.seed is None else job.seed + len(study.get_trials(deepcopy=False))
