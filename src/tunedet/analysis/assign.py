@@ -138,7 +138,7 @@ def plot_assignment(
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    model, device = build_model(cfg)
+    model, device = build_model(cfg, pretrained=False)  # weights play no part
     if not hasattr(model, "anchor_generator"):
         raise ValueError(
             f"analyze assign draws a dense detector's assigned anchors; model.type "

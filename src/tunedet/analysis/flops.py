@@ -133,7 +133,7 @@ def plot_params_and_flops(
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    model, device = build_model(cfg)
+    model, device = build_model(cfg, pretrained=False)  # weights play no part
     if args.size:
         h, w = args.size
         images = torch.zeros(1, 3, h, w, device=device)

@@ -70,11 +70,13 @@ def model_samples(
         start += len(batch)
 
 
-def build_model(cfg: Any, checkpoint: str | None = None) -> tuple[torch.nn.Module, torch.device]:
+def build_model(
+    cfg: Any, checkpoint: str | None = None, pretrained: bool = True
+) -> tuple[torch.nn.Module, torch.device]:
     """The config's detector in eval mode, with ``checkpoint``'s weights when given.
 
-    Without a checkpoint the tools look at shapes, anchors and assignment, not at learned
-    weights: ``backbone.init`` (ImageNet files) is skipped, so no download is needed.
+    ``pretrained=False`` skips ``backbone.init`` (ImageNet files, perhaps a download): for
+    tools that look at shapes, anchors and assignment, not at learned weights.
     """
     from tunedet.engine.checkpoint import load_checkpoint, load_model_state
     from tunedet.engine.trainer import resolve_device
@@ -82,7 +84,10 @@ def build_model(cfg: Any, checkpoint: str | None = None) -> tuple[torch.nn.Modul
     from tunedet.models.pretrained import skip_backbone_init
 
     device = resolve_device(cfg.device)
-    model = build_detector(skip_backbone_init(cfg.model.model_dump())).to(device)
+    spec = cfg.model.model_dump()
+    if checkpoint is not None or not pretrained:  # every weight comes from elsewhere
+        spec = skip_backbone_init(spec)
+    model = build_detector(spec).to(device)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, map_location=device)
         load_model_state(model, state.get("model", state), source=checkpoint)
