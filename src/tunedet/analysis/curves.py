@@ -14,11 +14,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tunedet.analysis.inputs import plt, save_figure
 
 TRAIN_META_KEYS = ("step", "lr", "time")
+# training-row quantities that are not loss terms: each gets its own panel (a counter such as
+# ``skipped`` only when it is ever non-zero)
+NOT_LOSSES = ("skipped", "epoch", "momentum", "grad_norm", "images_per_s", "memory")
+COUNTERS = ("skipped",)
 # validation metrics drawn first when present (COCO, then VOC); others fill up to MAX_VAL_LINES
 PREFERRED_VAL = ("AP", "AP50", "AP75", "APs", "APm", "APl", "mAP")
 MAX_VAL_LINES = 6
@@ -57,8 +59,9 @@ def _numeric(value: Any) -> bool:
 
 
 def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[list, list]]]:
-    """``{"loss": {term: (steps, values)}, "lr": {"lr": ...}, "val": {metric: ...}}``."""
-    series: dict[str, dict[str, tuple[list, list]]] = {"loss": {}, "lr": {}, "val": {}}
+    """``{"loss": {term: (steps, values)}, "lr": {"lr": ...}, "other": {quantity: ...},
+    "val": {metric: ...}}`` (``other``: training-row values that are not losses)."""
+    series: dict[str, dict[str, tuple[list, list]]] = {"loss": {}, "lr": {}, "other": {}, "val": {}}
     for row in rows:
         step = row.get("step")
         if step is None:
@@ -72,6 +75,8 @@ def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[list, 
                     value = float("nan")
             elif key == "lr":
                 group, name = "lr", key
+            elif key in NOT_LOSSES:
+                group, name = "other", key
             else:
                 group, name = "loss", key
             steps, values = series[group].setdefault(name, ([], []))
@@ -84,48 +89,57 @@ def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[list, 
     chosen = [n for n in PREFERRED_VAL if n in series["val"]]
     chosen += [n for n in names if n not in chosen][: max(0, MAX_VAL_LINES - len(chosen))]
     series["val"] = {n: series["val"][n] for n in chosen[:MAX_VAL_LINES]}
+    series["other"] = {  # a counter that never counted says nothing
+        n: sv for n, sv in series["other"].items() if n not in COUNTERS or any(sv[1])
+    }
     return series
 
 
 def plot_run_curves(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> Path | None:
-    """Loss terms (log scale), learning rate and validation metrics against iteration.
+    """One panel per quantity against iteration: the total loss, each loss term (log scale
+    when it spans more than a decade), the learning rate, other logged quantities, each validation metric.
 
     Returns None (and writes nothing) when the log has no training rows.
     """
     series = split_series(rows)
     if not series["loss"]:
         return None
-    panels = ["loss", "lr"] + (["val"] if series["val"] else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for ax, panel in zip(axes[0], panels, strict=True):
-        for name, (steps, values) in series[panel].items():
-            few = len(steps) <= 3  # one final evaluation: show the point
-            width = 2.2 if name == "loss" else 1.2
-            label = "loss (total)" if name == "loss" else name
-            ax.plot(steps, values, marker="o" if few else None, linewidth=width, label=label)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    loss_ax, lr_ax = axes[0][0], axes[0][1]
-    positive = all(
-        v > 0 for _, values in series["loss"].values() for v in values if not math.isnan(v)
+    losses = sorted(series["loss"], key=lambda name: name != "loss")  # the total first
+    panels = [("loss", name) for name in losses]
+    panels += [("lr", "lr")] + [("other", name) for name in series["other"]]
+    panels += [("val", name) for name in series["val"]]
+    cols = min(4, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, axes = plt.subplots(
+        rows_, cols, figsize=(3.6 * cols, 2.8 * rows_ + 0.4), squeeze=False, sharex=True
     )
-    if positive:
-        loss_ax.set_yscale("log")
-    loss_ax.set_ylabel("loss")
-    loss_ax.set_title("Training loss (total and terms)")
-    loss_ax.legend(fontsize=8)
-    lr_ax.set_ylabel("learning rate")
-    lr_ax.set_title("Learning rate")
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    if series["val"]:
-        val_ax = axes[0][2]
-        val_ax.set_ylabel("metric value")
-        val_ax.set_title("Validation metrics")
-        values = [v for _, vs in series["val"].values() for v in vs if not math.isnan(v)]
-        if values and min(values) >= 0 and max(values) <= 1:
-            val_ax.set_ylim(0, max(0.05, float(np.max(values)) * 1.15))
-        val_ax.legend(fontsize=8)
-        val_ax.set_xlim(loss_ax.get_xlim())  # same iterations as the loss
+    colours = {"loss": "tab:red", "lr": "tab:purple", "other": "tab:grey", "val": "tab:blue"}
+    for ax, (group, name) in zip(axes.flat, panels, strict=False):
+        steps, values = series[group][name]
+        few = len(steps) <= 3  # one final evaluation: show the point
+        ax.plot(steps, values, marker="o" if few else None, color=colours[group], linewidth=1.4)
+        finite = [v for v in values if not math.isnan(v)]
+        if group == "loss":
+            ax.set_title("loss (total)" if name == "loss" else f"loss: {name}", fontsize=10)
+            if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
+                ax.set_yscale("log")  # a loss falling by decades
+        elif group == "lr":
+            ax.set_title("learning rate", fontsize=10)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        elif group == "val":
+            ax.set_title(f"validation {name}", fontsize=10)
+            if finite and min(finite) >= 0 and max(finite) <= 1:
+                ax.set_ylim(0, max(0.05, max(finite) * 1.15))
+        else:
+            ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("iteration")
+    for ax in axes.flat[len(panels) - cols : len(panels)]:  # bottom panel of each column
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("iteration")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

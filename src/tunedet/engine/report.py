@@ -1,8 +1,9 @@
 """The run report: ``report.html`` in the run directory, written at the end of every run.
 
 Sections: validation metrics (table ``id="metrics"``), per-class AP with P/R/F1
-at a score threshold, PR curves and the confusion matrix at IoU 0.5, training
-curves, a grid of validation predictions and the resolved config. Pictures
+at the score threshold with the best F1 (stated), F1 against score, PR curves and
+the confusion matrix at IoU 0.5, training curves (one panel per quantity), a grid
+of validation predictions and the resolved config. Pictures
 are PNG files beside the HTML (``eval/`` holds the evaluation's PNGs and its
 ``metrics.json``); nothing is fetched from the network, so it opens offline.
 A small inline script marks ``<body data-images-loaded="true">`` once every
@@ -122,15 +123,34 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def evaluation_section(trainer: Any, run_dir: Path, score_thr: float) -> str:
-    """Per-class table, PR curves and confusion matrix of the validation set (IoU 0.5)."""
+def operating_point(gt: dict, results: list[dict], iou_thr: float = 0.5) -> dict[str, Any]:
+    """The best-F1 score threshold of all classes pooled, with the F1-vs-score curve:
+    ``{"score_thr", "f1", "curve": (score, precision, recall, f1)}``."""
+    from tunedet.evaluation import detection_set, match_detections, pr_curve
+    from tunedet.evaluation.pr_metrics import best_f1_threshold, f1_by_score
+
+    pooled = pr_curve(match_detections(detection_set(gt, results), iou_thr=iou_thr))
+    score_thr, f1 = best_f1_threshold(pooled)
+    return {"score_thr": score_thr, "f1": f1, "curve": f1_by_score(pooled)}
+
+
+def evaluation_section(trainer: Any, run_dir: Path, score_thr: float | None = None) -> str:
+    """Per-class table, F1 against score, PR curves and confusion matrix of the validation
+    set (IoU 0.5). P/R/F1 and the confusion matrix are taken at ``score_thr``, by default
+    the score with the best F1 of all classes pooled (stated in the report)."""
     from tunedet.evaluation import evaluation_summary, write_evaluation
+    from tunedet.evaluation.plots import plot_f1_by_score
 
     dataset = trainer.val_set
-    summary = evaluation_summary(
-        dataset.coco_ground_truth(), trainer.predict(dataset), score_thr=score_thr
-    )
+    gt, results = dataset.coco_ground_truth(), trainer.predict(dataset)
+    point = operating_point(gt, results)
+    chosen = point["score_thr"] if score_thr is None else score_thr
+    summary = evaluation_summary(gt, results, score_thr=chosen)
+    summary["operating_point"] = {"score_thr": chosen, "best_f1": point["f1"]}
     paths = write_evaluation(summary, run_dir / "eval")
+    f1_png = plot_f1_by_score(
+        *point["curve"], (point["score_thr"], point["f1"]), run_dir / "eval" / "f1_score.png"
+    )
     det = summary["detection"]
     rows = [
         [
@@ -149,13 +169,29 @@ def evaluation_section(trainer: Any, run_dir: Path, score_thr: float) -> str:
     ]
     rows[-1][1:3] = [summary["coco"]["AP"], summary["coco"]["AP50"]]
     header = ["class", "AP", "AP50", "P", "R", "F1", "GT", "TP", "FP", "FPPI"]
+    if score_thr is None and point["f1"] > 0:
+        how = (
+            f"the score with the best F1 of all classes pooled ({point['f1']:.3f}; "
+            "see the F1 curve below)"
+        )
+    elif score_thr is None:
+        how = "no detection is a true positive yet, so no F1 above 0: the default"
+    else:
+        how = "given"
     return (
         "<h2>Per-class results</h2>"
-        f"<p>AP: COCO AP@[.50:.95]; AP50 at IoU 0.5. P, R, F1, TP, FP and false positives "
-        f"per image (FPPI) count the detections scoring &ge; {score_thr:g} matched at IoU 0.5; "
+        f'<p id="score-threshold">Score threshold {chosen:.3f}: {how}. '
+        "AP: COCO AP@[.50:.95]; AP50 at IoU 0.5. P, R, F1, TP, FP and false positives "
+        f"per image (FPPI) count the detections scoring &ge; {chosen:.3f} matched at IoU 0.5; "
         "the last row pools all classes.</p>"
         + _table(header, rows, "per-class")
-        + "<h2>Precision-recall curves and confusion matrix</h2>"
+        + "<h2>F1 against score, precision-recall curves and confusion matrix</h2>"
+        + _figure(
+            f"eval/{f1_png.name}",
+            "F1 against score",
+            "F1, precision and recall of all classes pooled at each score threshold "
+            "(IoU 0.5); the dashed line marks the threshold with the best F1.",
+        )
         + _figure(
             f"eval/{paths['pr_curves'].name}",
             "PR curves",
@@ -165,17 +201,18 @@ def evaluation_section(trainer: Any, run_dir: Path, score_thr: float) -> str:
         + _figure(
             f"eval/{paths['confusion_matrix'].name}",
             "confusion matrix",
-            f"Rows: true class, columns: predicted class, at score \u2265 {score_thr:g} and "
+            f"Rows: true class, columns: predicted class, at score \u2265 {chosen:.3f} and "
             "IoU \u2265 0.5; the background row counts false positives, the background "
             "column missed objects. All numbers: eval/metrics.json.",
         )
     )
 
 
-def write_report(trainer: Any, metrics: dict[str, float], score_thr: float = 0.5) -> Path:
+def write_report(trainer: Any, metrics: dict[str, float], score_thr: float | None = None) -> Path:
     """Write ``report.html`` (and its PNGs) in ``trainer.run_dir``; returns its path.
 
-    ``metrics`` are the final validation metrics (``Trainer.train``'s return).
+    ``metrics`` are the final validation metrics (``Trainer.train``'s return);
+    ``score_thr`` fixes the operating point (default: the best F1's score).
     """
     run_dir = Path(trainer.run_dir)
     sections = []

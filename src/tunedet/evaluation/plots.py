@@ -1,4 +1,4 @@
-"""PNG pictures of evaluation results: PR curves and the confusion matrix."""
+"""PNG pictures of evaluation results: PR curves, F1 against score, the confusion matrix."""
 
 from __future__ import annotations
 
@@ -86,6 +86,43 @@ def plot_confusion_matrix(
     ax.set_ylabel("true class")
     ax.set_title(f"Confusion matrix (score >= {score_thr:.2f}, IoU >= {iou_thr:.2f})")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's row")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_f1_by_score(
+    score: Sequence[float],
+    precision: Sequence[float],
+    recall: Sequence[float],
+    f1: Sequence[float],
+    best: tuple[float, float],
+    out: str | Path,
+    iou_thr: float = 0.5,
+) -> Path:
+    """F1, precision and recall of all classes pooled against the score threshold, the
+    best-F1 threshold marked (``best = (score, F1)``)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if len(score):
+        ax.plot(score, f1, color="tab:blue", linewidth=2.2, label="F1")
+        ax.plot(score, precision, color="tab:green", linewidth=1.2, label="precision")
+        ax.plot(score, recall, color="tab:orange", linewidth=1.2, label="recall")
+        ax.axvline(best[0], color="black", linestyle="--", linewidth=1)
+        ax.plot([best[0]], [best[1]], "o", color="tab:blue")
+        ax.set_title(
+            f"F1 against score (IoU {iou_thr:.2f}): best F1 {best[1]:.3f} at {best[0]:.3f}"
+        )
+        ax.legend(fontsize=8, loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"F1 against score (IoU {iou_thr:.2f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("score threshold (detections scoring at least this are kept)")
+    ax.set_ylabel("value, all classes pooled")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)

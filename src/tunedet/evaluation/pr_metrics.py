@@ -10,6 +10,9 @@ threshold, see `matching.py`); detections matched to crowd regions drop out.
   so only the last detection of a run of equal scores is an operating point.
 - P, R, F1 at a score threshold: P = TP / (TP + FP) (0 without detections),
   R = TP / npos, F1 = 2PR / (P + R) (0 when P + R = 0).
+- Best-F1 operating point: over the operating points, F1 = 2 TP / (TP + FP + npos)
+  (the same F1); its score is the threshold reports use for P/R/F1 and the confusion
+  matrix, as ultralytics' F1 curve does (a fixed 0.5 keeps nothing early in training).
 - FPPI = FP / number of images (all images of the GT, with or without objects).
 - Precision at recall r: the best precision among operating points with
   recall >= r (the interpolated precision at r), with the score threshold and
@@ -123,3 +126,24 @@ def at_recall(curve: PRCurve, recall: float, num_images: int) -> dict[str, float
         "score_thr": float(curve.score[best]),
         "fppi": _ratio(int(curve.fp[best]), num_images),
     }
+
+
+def f1_by_score(curve: PRCurve) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(score, precision, recall, f1)`` at every operating point, best score first;
+    empty arrays without detections."""
+    points = curve.operating_points()
+    tp, fp = curve.tp[points].astype(np.float64), curve.fp[points].astype(np.float64)
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / curve.npos if curve.npos else np.zeros(len(points))
+    f1 = 2 * tp / np.maximum(tp + fp + curve.npos, 1)
+    return curve.score[points].astype(np.float64), precision, recall, f1
+
+
+def best_f1_threshold(curve: PRCurve, default: float = 0.5) -> tuple[float, float]:
+    """``(score threshold, F1)`` of the operating point with the highest F1 (the highest
+    score among ties); ``(default, 0.0)`` when no detection or no GT gives an F1 above 0."""
+    score, _, _, f1 = f1_by_score(curve)
+    if len(f1) == 0 or f1.max() <= 0:
+        return float(default), 0.0
+    best = int(np.argmax(f1))  # the first maximum: the highest score
+    return float(score[best]), float(f1[best])
