@@ -4,7 +4,8 @@ it in one line (exit 2, no traceback).
 Each experiment config keeps its model as shipped (no pretrained weights) and reads a few
 64-px synthetic images (SSD's fixed input size where it declares one); figures are drawn but
 not rasterised (``Figure.savefig`` writes a stub: the PNGs themselves are checked by each
-tool's own test), so the loop stays quick. ``errors`` gets the model's untrained weights
+tool's own test) and each model is built once and copied to the tools, so the loop stays
+quick. ``errors`` gets the model's untrained weights
 when the model is small; a large preset (ResNet-50, Darknet-53, VGG-16: hundreds of MB to
 write) gets a small model's checkpoint instead, which it must refuse in one line, and is
 not put through ``lr-finder`` (training steps of a large model take most of this test's
@@ -114,6 +115,26 @@ def no_rasterising(monkeypatch):
     )
 
 
+@pytest.fixture()
+def one_model_build(monkeypatch):
+    """Build each detector spec once per test, hand the tools copies (building a large
+    preset is most of a tool's run here; the copy has the same weights and buffers)."""
+    import copy
+    import json
+
+    import tunedet.models
+
+    build, built = tunedet.models.build_detector, {}
+
+    def cached(spec, *args, **kwargs):
+        key = json.dumps([spec, args, kwargs], sort_keys=True, default=str)
+        if key not in built:
+            built[key] = build(spec, *args, **kwargs)
+        return copy.deepcopy(built[key])
+
+    monkeypatch.setattr(tunedet.models, "build_detector", cached)
+
+
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory) -> Path:
     """Untrained weights of a tiny RetinaNet: another model for the large presets."""
@@ -135,7 +156,7 @@ TRAINING_TOOLS = {"lr-finder"}  # tools that take optimiser steps: small configs
     "path", EXPERIMENTS, ids=[str(p.relative_to(BUILTIN_CONFIG_DIR)) for p in EXPERIMENTS]
 )
 def test_every_tool_runs_on_the_config_or_refuses_in_one_line(
-    path: Path, tmp_path: Path, no_rasterising, small_checkpoint: Path
+    path: Path, tmp_path: Path, no_rasterising, one_model_build, small_checkpoint: Path
 ):
     from tunedet.config.loader import load_config
     from tunedet.engine.checkpoint import save_checkpoint
