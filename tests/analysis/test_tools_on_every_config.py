@@ -73,7 +73,7 @@ def tiny_config(path: Path, folder: Path) -> tuple[Path, str]:
     model = dict(raw["model"])
     declared = [model.get(k, {}).get("input_size") for k in ("neck", "anchor_generator")]
     size = next((s for s in declared if s), 64)
-    classes = model["num_classes"] = min(3, model["num_classes"])
+    classes = model["num_classes"] = min(3, model.get("num_classes") or 3)
     masks = model["type"] == "mask_rcnn"
     split = {"type": "synthetic", "image_size": size, "num_classes": classes, "masks": masks}
     raw["data"] = {
