@@ -168,7 +168,7 @@ def run_probe(argv: list[str]) -> dict:
     return {
         "rc": rc,
         "traceback": "Traceback" in text,
-        "line": line if len(line) <= 110 else line[:107] + "...",
+        "line": line if len(line) <= 170 else line[:167] + "...",
         "s": time.monotonic() - start,
     }
 
