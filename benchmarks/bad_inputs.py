@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,11 +57,13 @@ def train(*extra: str) -> list[str]:
     return ["train", "retinanet/demo", *TINY, *extra]
 
 
-def probes(tmp: Path) -> list[tuple[str, list[str], bool]]:
-    """(name, argv, dangerous) of every probe; files are written under ``tmp``."""
-    out: list[tuple[str, list[str], bool]] = []
+def probes(tmp: Path) -> list[tuple[str, list, bool]]:
+    """(name, argv, dangerous) of every probe; files are written under ``tmp``. ``argv`` may
+    be a list of command lines: the earlier ones set the scene (``["rm", FOLDER]`` puts a
+    file in place of a folder), the last one is the probe."""
+    out: list[tuple[str, list, bool]] = []
 
-    def add(name: str, argv: list[str], dangerous: bool = False) -> None:
+    def add(name: str, argv: list, dangerous: bool = False) -> None:
         out.append((name, argv, dangerous))
 
     def folder(name: str) -> Path:
@@ -72,9 +75,12 @@ def probes(tmp: Path) -> list[tuple[str, list[str], bool]]:
     (f / "notes.txt").write_text("the user's file")
     add("--work-dir is a file", train("--work-dir", str(f / "notes.txt")))
     add("--work-dir below a file", train("--work-dir", str(f / "notes.txt" / "run")))
-    f = folder("ckpt_file/run")
-    (f / "checkpoints").write_text("x")
-    add("run_dir/checkpoints is a file", train("--work-dir", str(f)))
+    f = folder("ckpt_file")
+    add("a run continued whose checkpoints/ became a file", [
+        train("--work-dir", str(f / "run")),
+        ["rm", str(f / "run" / "checkpoints")],
+        train("--work-dir", str(f / "run"), "train.max_iters=4"),
+    ])  # fmt: skip
     add("run dir not writable (sysfs)", train("--work-dir", "/sys/kernel/tunedet_run"))
     f = folder("ann_dir")
     spec = {"type": "coco", "ann_file": str(folder("ann_dir/ann.json")), "img_dir": str(f)}
@@ -195,6 +201,13 @@ def main() -> int:
             if dangerous and not args.dangerous:
                 rows.append(f"| {name} | not run | | (--dangerous) |")
                 continue
+            *setup, argv = argv if isinstance(argv[0], list) else [argv]
+            for step in setup:  # earlier commands of the probe (their outcome not shown)
+                if step[0] == "rm":  # a folder replaced by a file
+                    shutil.rmtree(step[1])
+                    Path(step[1]).write_text("not a folder")
+                else:
+                    run_probe(step)
             r = run_probe(argv)
             tracebacks += r["traceback"]
             shown = r["line"].replace("|", "\\|").replace(folder, "TMP")

@@ -63,6 +63,10 @@ TINY_ARGS = {
 REFUSED = {
     ("assign", "faster_rcnn"): "two stages",
     ("assign", "mask_rcnn"): "two stages",
+    ("anchors", "cornernet"): "has no anchors",  # corner heatmaps, no anchor generator
+    ("assign", "cornernet"): "has no anchors",
+    ("init", "cornernet"): "no classification layer",
+    ("assign", "fsaf"): "exposes no assign_targets",  # online feature selection in its loss
 }
 
 

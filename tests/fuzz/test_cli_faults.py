@@ -71,12 +71,19 @@ def test_work_dir_below_a_file(tmp_path: Path):
 
 
 def test_checkpoints_that_is_a_file_is_refused_before_training(tmp_path: Path):
+    """A run continued in its folder, whose ``checkpoints`` became a file: refused before
+    the first iteration (it used to fail at the first save, losing the training)."""
+    import shutil
+
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    assert run(["train", "retinanet/demo", *TINY, "--work-dir", str(run_dir)])[0] == 0
+    shutil.rmtree(run_dir / "checkpoints")
     (run_dir / "checkpoints").write_text("not a folder")
-    code, err = run(["train", "retinanet/demo", *TINY, "--work-dir", str(run_dir)])
+    log = (run_dir / "metrics.jsonl").read_text()
+    longer = [*TINY, "train.max_iters=4"]  # the same run, extended: it continues there
+    code, err = run(["train", "retinanet/demo", *longer, "--work-dir", str(run_dir)])
     assert_one_line(code, err, "train", "checkpoints", "is a file")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]  # nothing trained
+    assert (run_dir / "metrics.jsonl").read_text() == log  # nothing trained
 
 
 def _unwritable(tmp_path: Path) -> Path:

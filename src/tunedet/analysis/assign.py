@@ -139,11 +139,21 @@ def plot_assignment(
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     model, device = build_model(cfg, pretrained=False)  # weights play no part
-    if not hasattr(model, "anchor_generator"):
+    if hasattr(model, "rpn"):
         raise ValueError(
             f"analyze assign draws a dense detector's assigned anchors; model.type "
             f"{cfg.model.type} assigns proposals in two stages (use analyze anchors for its "
             "RPN anchors)"
+        )
+    if not hasattr(model, "anchor_generator"):
+        raise ValueError(
+            f"analyze assign draws a dense detector's assigned anchors; model.type "
+            f"{cfg.model.type} has no anchors (it predicts keypoints or heatmaps)"
+        )
+    if not hasattr(model, "assign_targets"):
+        raise ValueError(
+            f"analyze assign draws the positives of the detector's assign_targets; model.type "
+            f"{cfg.model.type} chooses its positives inside its loss and exposes no assign_targets"
         )
     dataset = split_dataset(cfg, args.split)
     images, gts, positives, scales = [], [], [], []

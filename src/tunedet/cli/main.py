@@ -39,10 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config, args.overrides)
     run_dir = _run_dir(cfg, args.config, args.work_dir)
-    check_run_dir(run_dir)
+    check_run_dir(run_dir, checkpoints=False)  # the folder given; the one chosen below
     distributed.init_from_env(resolve_device(cfg.device))
     try:
         trainer = Trainer(cfg, run_dir, must_resume=args.resume)
+        check_run_dir(Path(trainer.run_dir))  # before any training
         if trainer.is_main:
             print(f"run directory: {trainer.run_dir} ({trainer.world_size} process(es))")
         try:
@@ -665,13 +666,15 @@ def one_line_error(error: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def check_run_dir(run_dir: Path) -> None:
+def check_run_dir(run_dir: Path, checkpoints: bool = True) -> None:
     """Refuse, before any training, a run directory that cannot hold the run: a file in
-    place of the folder, of ``checkpoints/`` or of a parent, or a folder without write
-    permission (otherwise found at the first checkpoint, after the training it loses)."""
+    place of the folder, of a parent or (``checkpoints``) of ``checkpoints/``, or a folder
+    without write permission (otherwise found at the first checkpoint, after the training
+    it loses)."""
     import os
 
-    for folder in (run_dir / "checkpoints", run_dir, *run_dir.parents):
+    folders = (run_dir, *run_dir.parents)
+    for folder in (run_dir / "checkpoints", *folders) if checkpoints else folders:
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder} is a file, not a folder: pick another --work-dir")
     existing = next(p for p in (run_dir, *run_dir.parents, Path(".")) if p.exists())
