@@ -128,6 +128,25 @@ def test_deeply_nested_yaml_config(tmp_path: Path):
     assert_one_line(code, err, "train")
 
 
+@pytest.mark.parametrize("metric", ["coco", "voc07", "voc12"])
+def test_nan_or_infinite_scores_are_refused_naming_the_file(metric: str, tmp_path: Path):
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20],
+                         "area": 400, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "a"}],
+    }  # fmt: skip
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    for bad in ("NaN", "Infinity"):
+        dets = tmp_path / "dets.json"
+        det = '{"image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "score": SCORE}'
+        dets.write_text(f"[{det.replace('SCORE', bad)}]")
+        code, err = run(
+            ["evaluate", "--gt", str(tmp_path / "gt.json"), "--dets", str(dets), "--metric", metric]
+        )
+        assert_one_line(code, err, "evaluate", str(dets), "non-finite")
+
+
 # ------------------------------------------------------------------ the error wrapper
 
 

@@ -11,6 +11,7 @@ that names the file.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,12 @@ def check_results_list(results: Any, path: str | Path) -> list[dict]:
         if not isinstance(det["score"], int | float) or isinstance(det["score"], bool):
             raise EvaluationInputError(
                 f"detections file {path}: item {i} score must be a number, got {det['score']!r}"
+            )
+        # JSON's NaN / Infinity: a NaN score ranks last and can make mAP read 1.0
+        if not all(math.isfinite(v) for v in (det["score"], *box)):
+            raise EvaluationInputError(
+                f"detections file {path}: item {i} has a non-finite score or bbox "
+                f"(score {det['score']!r}, bbox {box!r})"
             )
     return results
 
