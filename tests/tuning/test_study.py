@@ -98,7 +98,9 @@ def _two_workers(tmp_path: Path, space: Path, tiny_demo, storage: str, study: st
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     for w, text in zip(workers, outputs, strict=True):
         assert w.returncode == 0, text
-    ran = [set(map(int, re.findall(r"^trial (\d+): AP50=", text, re.M))) for text in outputs]
+    ran = [
+        set(map(int, re.findall(r"^trial \S+ \(#(\d+)\): AP50=", text, re.M))) for text in outputs
+    ]
     trials = _trials(storage, study)
     numbers = [t.number for t in trials]
     assert len(numbers) >= 4 and sorted(numbers) == list(range(len(numbers)))

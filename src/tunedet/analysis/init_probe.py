@@ -62,9 +62,15 @@ class ClassBranch:
 
 
 def _output_layer(module: nn.Module) -> nn.Module:
+    """The layer that writes the logits: a depthwise-separable branch (SSDLite's
+    ``Sequential(dw conv, BN, ReLU6, 1x1 conv)``) ends in its last conv."""
     from tunedet.models.layers import output_conv
 
-    return output_conv(module)
+    layer = output_conv(module)
+    if not hasattr(layer, "weight"):
+        convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        layer = convs[-1] if convs else layer
+    return layer
 
 
 def find_class_branches(model: nn.Module) -> list[ClassBranch]:
