@@ -56,6 +56,7 @@ TINY_ARGS = {
     "errors": ["--checkpoint", "{ckpt}", "--num-images", "1", "--out", "{out}"],
     "flops": ["--depth", "1", "--out", "{out}/flops.png"],
     "init": ["--images", "1"],
+    "receptive-field": ["--size", "64", "--samples", "1", "--out", "{out}/rf.png"],
     "lr": ["--out", "{out}/lr.png"],
     "lr-finder": ["--iters", "2", "--out", "{out}/lr_finder.png"],
 }
