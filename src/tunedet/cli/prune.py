@@ -50,7 +50,7 @@ def load_pruning_input(
 
 def measure(model: torch.nn.Module, cfg: Any, val_set: Any, repeats: int = 5) -> dict[str, float]:
     """AP (``eval.metric``'s headline number) on ``val_set``, nonzero parameters, forward
-    FLOPs and median CPU latency of one validation image."""
+    FLOPs and CPU latency (fastest of ``repeats``) of one validation image."""
     from tunedet.analysis.flops import count_params_and_flops
     from tunedet.analysis.inputs import model_samples
     from tunedet.engine.trainer import evaluate_results, predict_dataset
@@ -158,6 +158,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, default=0.3, help="fraction pruned per layer (0.3)")
     p.add_argument("--finetune-iters", type=int, default=0, help="fine-tuning steps after it")
     p.add_argument("--lr", type=float, help="fine-tuning lr (default: 0.1 x optim.lr)")
-    p.add_argument("--repeats", type=int, default=5, help="latency runs, median (5)")
+    p.add_argument("--repeats", type=int, default=5, help="latency runs, the fastest counts (5)")
     p.add_argument("--out", help="pruned checkpoint (default: next to CKPT, never overwritten)")
     p.set_defaults(func=cmd_prune)
