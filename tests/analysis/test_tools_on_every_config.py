@@ -47,7 +47,8 @@ def config_tools() -> list[str]:
 
 
 TOOLS = config_tools()
-# tiny arguments per tool ({out}: a folder of the test; {ckpt}: the model's untrained weights)
+# tiny arguments per tool ({out}: a folder of the test; {ckpt}: the model's untrained weights;
+# {size}: the tiny images' side)
 TINY_ARGS = {
     "anchors": ["--max-images", "4", "--k", "3", "--out", "{out}"],
     "assign": ["--num-images", "1", "--out", "{out}/assign.png"],
@@ -56,7 +57,7 @@ TINY_ARGS = {
     "errors": ["--checkpoint", "{ckpt}", "--num-images", "1", "--out", "{out}"],
     "flops": ["--depth", "1", "--out", "{out}/flops.png"],
     "init": ["--images", "1"],
-    "receptive-field": ["--size", "64", "--samples", "1", "--out", "{out}/rf.png"],
+    "receptive-field": ["--size", "{size}", "--samples", "1", "--out", "{out}/rf.png"],
     "lr": ["--out", "{out}/lr.png"],
     "lr-finder": ["--iters", "2", "--out", "{out}/lr_finder.png"],
 }
@@ -71,9 +72,9 @@ REFUSED = {
 }
 
 
-def tiny_config(path: Path, folder: Path) -> tuple[Path, str]:
-    """The shipped config with tiny synthetic data, no pretrained weights, one thread; and the
-    model type."""
+def tiny_config(path: Path, folder: Path) -> tuple[Path, str, int]:
+    """The shipped config with tiny synthetic data, no pretrained weights, one thread; the
+    model type and the images' side."""
     raw = load_raw(path)
     model = dict(raw["model"])
     declared = [model.get(k, {}).get("input_size") for k in ("neck", "anchor_generator")]
@@ -97,7 +98,7 @@ def tiny_config(path: Path, folder: Path) -> tuple[Path, str]:
     raw["model"] = model
     out = folder / "config.yaml"
     out.write_text(yaml.safe_dump(raw))
-    return out, model["type"]
+    return out, model["type"], size
 
 
 def run_tool(argv: list[str]) -> tuple[int, str]:
@@ -167,7 +168,7 @@ def test_every_tool_runs_on_the_config_or_refuses_in_one_line(
     from tunedet.engine.checkpoint import save_checkpoint
     from tunedet.models import build_detector
 
-    config, model_type = tiny_config(path, tmp_path)
+    config, model_type, size = tiny_config(path, tmp_path)
     torch.manual_seed(0)
     model = build_detector(load_config(str(config)).model.model_dump())
     large = sum(p.numel() for p in model.parameters()) > LARGE
@@ -182,7 +183,7 @@ def test_every_tool_runs_on_the_config_or_refuses_in_one_line(
         if large and tool in TRAINING_TOOLS:
             continue
         out = tmp_path / tool
-        args = [a.format(out=out, ckpt=ckpt) for a in TINY_ARGS.get(tool, [])]
+        args = [a.format(out=out, ckpt=ckpt, size=size) for a in TINY_ARGS.get(tool, [])]
         rc, err = run_tool(["analyze", tool, str(config), *args])
         assert "Traceback" not in err, (tool, err)
         reason = refused.get((tool, model_type))
@@ -201,7 +202,9 @@ def test_every_tool_runs_on_the_config_or_refuses_in_one_line(
 def test_every_tool_refuses_a_search_space_file_in_one_line(path: Path, tmp_path: Path):
     name = str(path.relative_to(BUILTIN_CONFIG_DIR).with_suffix(""))
     for tool in TOOLS:
-        args = [a.format(out=tmp_path, ckpt=tmp_path / "x.pt") for a in TINY_ARGS.get(tool, [])]
+        args = [
+            a.format(out=tmp_path, ckpt=tmp_path / "x.pt", size=64) for a in TINY_ARGS.get(tool, [])
+        ]
         rc, err = run_tool(["analyze", tool, name, *args])
         lines = [line for line in err.splitlines() if line.strip()]
         assert rc == 2 and len(lines) == 1 and "error:" in lines[0], (tool, err)

@@ -253,7 +253,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(cfg.seed)
     model, _ = build_model(cfg, args.checkpoint)
-    fields = receptive_fields(model, args.size, args.samples, args.threshold)
+    try:
+        fields = receptive_fields(model, args.size, args.samples, args.threshold)
+    except RuntimeError as error:  # e.g. VGG's pooling below 1 px on a small --size
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"the model does not run on a {args.size}x{args.size} input (--size): {first}"
+        ) from None
     anchors = anchor_shapes(model)
     print(f"{args.config}: input {args.size} x {args.size}, {args.samples} random images")
     print(format_table(fields, anchors))
