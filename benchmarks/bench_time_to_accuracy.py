@@ -39,7 +39,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from tunedet.config.loader import load_config
 from tunedet.data.build import build_dataset, build_loader
 from tunedet.data.samplers import EpochBatchSampler
-from tunedet.engine.trainer import Trainer, evaluate_results, predict_dataset
+from tunedet.engine.evaluator import evaluate_results, predict_dataset
+from tunedet.engine.trainer import Trainer
 from tunedet.models.backbones.tiny_cnn import TinyCNN
 
 

@@ -82,13 +82,14 @@ def fitted_anchor_trick(cfg) -> Trick | None:
 
 def rescore(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     """COCO metrics of ``run_dir``'s final weights under its config plus ``overrides``."""
-    from tunedet.cli.main import _model_from_checkpoint
     from tunedet.data.build import build_dataset
+    from tunedet.engine.build import model_from_checkpoint, resolve_device
     from tunedet.engine.checkpoint import latest_checkpoint
-    from tunedet.engine.trainer import evaluate_results, predict_dataset
+    from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
     cfg = load_config(run_dir / "config.yaml", overrides)
-    model, device = _model_from_checkpoint(cfg, str(latest_checkpoint(run_dir)))
+    device = resolve_device(cfg.device)
+    model, _ = model_from_checkpoint(latest_checkpoint(run_dir), device, cfg=cfg)
     dataset = build_dataset(cfg.data.val)
     results = predict_dataset(model, dataset, cfg, device)
     return evaluate_results(dataset.coco_ground_truth(), results, "coco")

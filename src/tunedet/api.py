@@ -42,24 +42,6 @@ class Detections:
         return len(self.scores)
 
 
-def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike, overrides=()):
-    """The validated config stored in checkpoint ``state``, with dotted ``overrides``
-    applied; a one-line error naming ``path`` when the checkpoint has none."""
-    from tunedet.config.loader import apply_override, validate
-    from tunedet.data.classes import resolve_num_classes
-    from tunedet.engine.checkpoint import checkpoint_config
-
-    raw = checkpoint_config(state, path)
-    # ``data=PATH`` first, as load_config does: it sets model.num_classes
-    first = [o for o in overrides if o.split("=", 1)[0].strip() == "data"]
-    for override in [*first, *(o for o in overrides if o not in first)]:
-        apply_override(raw, override)
-    source = f"{path} (its config)"
-    cfg = validate(raw, source=source)
-    resolve_num_classes(cfg, source=source)
-    return cfg
-
-
 def load_model(
     checkpoint: str | os.PathLike,
     config: str | os.PathLike | None = None,
@@ -70,8 +52,8 @@ def load_model(
     checkpoint's own unless ``config`` (a path or built-in name) is given; ``device``
     ("auto", "cpu", "cuda:1", ...) replaces the config's. EMA weights when the run had EMA;
     ``model.classes`` holds the class names."""
-    from tunedet.cli.main import _model_from_checkpoint
     from tunedet.config.loader import load_config
+    from tunedet.engine.build import config_from_checkpoint, model_on_device
     from tunedet.engine.checkpoint import load_checkpoint
 
     overrides = [*overrides, *([f"device={device}"] if device is not None else [])]
@@ -81,7 +63,7 @@ def load_model(
         cfg = config_from_checkpoint(state, checkpoint, overrides)
     else:
         cfg = load_config(config, overrides)
-    model, device = _model_from_checkpoint(cfg, str(checkpoint))
+    model, device = model_on_device(cfg, checkpoint)
     return model, cfg, device
 
 
@@ -202,15 +184,16 @@ def train(
     YAML-parsed strings or Python values) and return ``(run directory, final metrics)``."""
     import json
 
-    from tunedet.cli.main import _load, _run_dir
+    from tunedet.cli.main import run_dir_for
+    from tunedet.config.loader import load_config
     from tunedet.engine.trainer import Trainer
 
     texts = [
         f"{key}={value if isinstance(value, str) else json.dumps(value)}"
         for key, value in overrides.items()
     ]
-    cfg = _load(str(config), texts)
-    run_dir = _run_dir(cfg, str(config), None if work_dir is None else str(work_dir))
+    cfg = load_config(str(config), texts)
+    run_dir = run_dir_for(cfg, str(config), None if work_dir is None else str(work_dir))
     trainer = Trainer(cfg, run_dir)
     metrics = trainer.train()
     return Path(getattr(trainer, "run_dir", run_dir)), dict(metrics or {})

@@ -46,6 +46,9 @@ def test_run_length_and_scaled_base_lr_follow_the_trainer():
     assert run_length(cfg) == 2 * 10 // 2
     assert run_length(cfg, 7) == 7
     assert base_lr(cfg) == pytest.approx(0.002 * 8 / 4)
+    # data.batch_size is per process: 3 processes see three times the batch
+    assert base_lr(cfg, world_size=3) == pytest.approx(0.002 * 24 / 4)
+    assert run_length(cfg, world_size=2) == 2 * (40 // 8) // 2
 
 
 def test_time_budget_config_needs_max_iters():

@@ -16,7 +16,8 @@ from tunedet.config.loader import load_config
 from tunedet.data.samplers import EpochBatchSampler
 from tunedet.engine import distributed
 from tunedet.engine.checkpoint import load_checkpoint
-from tunedet.engine.trainer import Trainer, evaluation_batches, merge_shards
+from tunedet.engine.evaluator import evaluation_batches, merge_shards
+from tunedet.engine.trainer import Trainer
 
 # A GroupNorm-only net (BatchNorm statistics would differ between a per-rank batch of 2
 # and a batch of 4), SGD with the linear scaling rule on, 4 iterations over 2 epochs.

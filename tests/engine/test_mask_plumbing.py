@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-import tunedet.engine.trainer as trainer_module
+import tunedet.engine.build as build_module
 from tunedet.config.loader import load_config
 from tunedet.deploy.speed import train_step_times
 from tunedet.engine.distributed import LossForward
-from tunedet.engine.trainer import Trainer, evaluate_results
+from tunedet.engine.evaluator import evaluate_results
+from tunedet.engine.trainer import Trainer
 from tunedet.evaluation import COCO_STAT_NAMES
 
 TINY = [
@@ -87,7 +88,7 @@ def mask_config(*overrides: str):
 
 def test_trainer_passes_gt_masks_and_reports_segm_stats(tmp_path: Path, monkeypatch):
     detector = RecordingMaskDetector()
-    monkeypatch.setattr(trainer_module, "build_detector", lambda spec: detector)
+    monkeypatch.setattr(build_module, "build_detector", lambda spec: detector)
     trainer = Trainer(mask_config(), tmp_path, log=lambda *a, **k: None)
     metrics = trainer.train()
 
@@ -109,7 +110,7 @@ def test_trainer_passes_gt_masks_and_reports_segm_stats(tmp_path: Path, monkeypa
 
 
 def test_mask_detector_on_a_dataset_without_masks_is_refused(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "build_detector", lambda spec: RecordingMaskDetector())
+    monkeypatch.setattr(build_module, "build_detector", lambda spec: RecordingMaskDetector())
     with pytest.raises(ValueError) as err:
         Trainer(mask_config("data.train.masks=false"), tmp_path, log=lambda *a, **k: None)
     message = str(err.value)

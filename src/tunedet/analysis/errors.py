@@ -235,7 +235,7 @@ def export_false_positives(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunedet.engine.trainer import predict_dataset
+    from tunedet.engine.evaluator import predict_dataset
 
     cfg = load_config(args.config, args.overrides)
     model, device = build_model(cfg, args.checkpoint)

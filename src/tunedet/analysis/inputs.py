@@ -73,24 +73,23 @@ def model_samples(
 def build_model(
     cfg: Any, checkpoint: str | None = None, pretrained: bool = True
 ) -> tuple[torch.nn.Module, torch.device]:
-    """The config's detector in eval mode, with ``checkpoint``'s weights when given.
+    """The config's detector in eval mode, with ``checkpoint``'s weights when given (its EMA
+    weights when the run kept them: the weights ``tunedet eval`` scores).
 
     ``pretrained=False`` skips ``backbone.init`` (ImageNet files, perhaps a download): for
     tools that look at shapes, anchors and assignment, not at learned weights.
     """
-    from tunedet.engine.checkpoint import load_checkpoint, load_model_state
-    from tunedet.engine.trainer import resolve_device
+    from tunedet.engine.build import model_from_checkpoint, resolve_device
     from tunedet.models import build_detector
     from tunedet.models.pretrained import skip_backbone_init
 
     device = resolve_device(cfg.device)
+    if checkpoint is not None:  # every weight comes from the checkpoint
+        return model_from_checkpoint(checkpoint, device, cfg=cfg)[0], device
     spec = cfg.model.model_dump()
-    if checkpoint is not None or not pretrained:  # every weight comes from elsewhere
+    if not pretrained:
         spec = skip_backbone_init(spec)
     model = build_detector(spec).to(device)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, map_location=device)
-        load_model_state(model, state.get("model", state), source=checkpoint)
     model.eval()
     return model, device
 

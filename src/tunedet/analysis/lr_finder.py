@@ -94,9 +94,9 @@ def run_lr_finder(
     import torch
     from tqdm import tqdm
 
-    from tunedet.data.build import build_dataset, build_loader, build_train_sampler
+    from tunedet.data.build import build_dataset
+    from tunedet.engine.build import resolve_device, seed_everything, train_loader
     from tunedet.engine.optim import build_optimizer, clip_gradients
-    from tunedet.engine.trainer import resolve_device, seed_everything
     from tunedet.models import build_detector
     from tunedet.models.detectors import loss_extras
 
@@ -110,20 +110,12 @@ def run_lr_finder(
     # Parameter groups may scale the base LR (param_multipliers): keep their ratios.
     base = float(optimizer.defaults["lr"])
     ratios = [group["lr"] / base for group in optimizer.param_groups]
-    loader = build_loader(
-        dataset,
-        cfg.data.train_transforms,
-        batch_sampler=build_train_sampler(cfg.data, dataset, seed=cfg.seed),
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        size_divisor=cfg.data.size_divisor,
-    )
+    loader = train_loader(cfg, dataset)
     lrs = sweep_lrs(start, end, iters)
     losses: list[float] = []
-    smoothed: list[float] = []
-    avg, best, stopped = 0.0, math.inf, "end"
+    best, stopped = math.inf, "end"
     batches = iter(loader)
-    for i, lr in enumerate(tqdm(lrs, desc="lr-finder", disable=not progress)):
+    for lr in tqdm(lrs, desc="lr-finder", disable=not progress):
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
         try:
@@ -137,23 +129,22 @@ def run_lr_finder(
         total = sum(model.loss(batch.images, batch.gt_boxes, batch.gt_labels, **extras).values())
         loss = float(total.detach())
         if not math.isfinite(loss):
-            losses.append(math.nan)
-            smoothed.append(math.nan)
             stopped = "non-finite"
             break
         total.backward()
         clip_gradients(model, cfg.train.grad_clip)
         optimizer.step()
-        avg = beta * avg + (1 - beta) * loss
-        value = avg / (1 - beta ** (i + 1))
         losses.append(loss)
-        smoothed.append(value)
+        value = float(smooth_losses(np.asarray(losses), beta)[-1])
         best = min(best, value)
         if value > diverge * best:
             stopped = "diverged"
             break
+    smoothed = smooth_losses(np.asarray(losses), beta)
+    if stopped == "non-finite":  # the sweep's last lr, with no finite loss to smooth
+        losses, smoothed = [*losses, math.nan], np.append(smoothed, math.nan)
     n = len(losses)
-    return LRFinderResult(lrs[:n], np.array(losses), np.array(smoothed), stopped)
+    return LRFinderResult(lrs[:n], np.array(losses), smoothed, stopped)
 
 
 def plot_lr_finder(result: LRFinderResult, suggestions: dict[str, float], out: Path) -> Path:

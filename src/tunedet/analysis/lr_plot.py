@@ -4,8 +4,9 @@ Top: lr against iteration over the whole run, the warmup shaded. Bottom left: a 
 on the warmup and the hand-over to the main policy. Bottom right: momentum (or
 Adam's beta1) when the policy cycles it (one-cycle), else lr on a log axis, where
 step decays spanning decades are visible. The schedule is the one the trainer builds
-(``engine.trainer.schedule_from_config``), with the linear scaling rule applied when
-``optim.auto_scale_lr`` is set.
+(``engine.build``: run length, base LR and schedule), with the linear scaling rule over
+the effective batch ``batch_size · world_size · accumulate`` when ``optim.auto_scale_lr``
+is set (``--world-size``: the processes of the torchrun job the plot is for).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def schedule_iterations(max_iters: int) -> np.ndarray:
     return np.unique(np.linspace(0, max_iters, MAX_POINTS).round().astype(np.int64))
 
 
-def run_length(cfg: Any, max_iters: int | None = None) -> int:
+def run_length(cfg: Any, max_iters: int | None = None, world_size: int = 1) -> int:
     """The run's number of iterations as the trainer computes it (``max_iters`` wins)."""
+    from tunedet.engine import build
+
     if max_iters is not None:
         return max_iters
     train = cfg.train
@@ -36,20 +39,17 @@ def run_length(cfg: Any, max_iters: int | None = None) -> int:
     if train.epochs is not None:
         from tunedet.data.build import build_dataset
 
-        batches = max(1, len(build_dataset(cfg.data.train)) // cfg.data.batch_size)
-        return max(1, train.epochs * batches // train.accumulate)
+        size = len(build_dataset(cfg.data.train))
+        return build.run_length(cfg, size, world_size).max_iters
     raise ValueError("the config trains for a time budget (train.max_minutes): pass --max-iters")
 
 
-def base_lr(cfg: Any) -> float:
-    """``optim.lr``, times batch·accumulate/base_batch with ``optim.auto_scale_lr``."""
-    from tunedet.engine.optim import linear_scaled_lr
+def base_lr(cfg: Any, world_size: int = 1) -> float:
+    """``optim.lr``, times ``batch_size · world_size · accumulate / base_batch`` with
+    ``optim.auto_scale_lr`` (``engine.build.base_lr``)."""
+    from tunedet.engine import build
 
-    optim = cfg.optim
-    if not getattr(optim, "auto_scale_lr", False):
-        return float(optim.lr)
-    batch = cfg.data.batch_size * cfg.train.accumulate
-    return linear_scaled_lr(float(optim.lr), batch, optim.base_batch)
+    return build.base_lr(cfg, world_size)
 
 
 def plot_lr_schedule(schedule: Any, max_iters: int, out: str | Path, title: str = "") -> dict:
@@ -125,11 +125,11 @@ def plot_lr_schedule(schedule: Any, max_iters: int, out: str | Path, title: str 
 
 def cmd_lr(args: argparse.Namespace) -> int:
     from tunedet.config.loader import load_config
-    from tunedet.engine.trainer import schedule_from_config
+    from tunedet.engine.build import build_schedule
 
     cfg = load_config(args.config, args.overrides)
-    max_iters = run_length(cfg, args.max_iters)
-    schedule = schedule_from_config(cfg, base_lr(cfg), max_iters)
+    max_iters = run_length(cfg, args.max_iters, args.world_size)
+    schedule = build_schedule(cfg, base_lr(cfg, args.world_size), max_iters)
     warmup, policy = cfg.schedule.warmup.type, cfg.schedule.policy.type
     title = f"{Path(args.config).stem}: warmup {warmup} + {policy}, base lr {schedule.base_lr:g}"
     summary = plot_lr_schedule(schedule, max_iters, args.out, title)
@@ -147,4 +147,10 @@ def add_analyze_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides: schedule.policy.type=poly")
     parser.add_argument("--out", default="lr.png", help="PNG to write (default: lr.png)")
     parser.add_argument("--max-iters", type=int, help="run length (needed for time budgets)")
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="processes of the torchrun job (data.batch_size is per process; default 1)",
+    )
     parser.set_defaults(func=cmd_lr)

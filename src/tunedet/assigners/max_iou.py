@@ -33,7 +33,7 @@ PRESETS = {
 
 @register("assigner", "max_iou")
 class MaxIoUAssigner:
-    """Assign each anchor to the GT it overlaps most, in four steps (SPEC S6).
+    """Assign each anchor to the GT it overlaps most, in four steps (Ren et al. 2015).
 
     1. every anchor starts as ignored (-1);
     2. anchors whose best IoU is below ``neg_iou_thr`` become background (0);

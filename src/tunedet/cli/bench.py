@@ -17,18 +17,18 @@ import statistics
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from tunedet.cli.main import _load, _model_from_checkpoint
+    from tunedet.config.loader import load_config
     from tunedet.data.build import build_dataset, build_loader
     from tunedet.deploy.speed import describe, inference_paths, inference_speeds, train_step_times
+    from tunedet.engine.build import model_from_checkpoint
     from tunedet.models import build_detector
 
-    cfg = _load(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if args.checkpoint:
-        model, _ = _model_from_checkpoint(cfg, args.checkpoint)
-        model = model.cpu()
+        model, _ = model_from_checkpoint(args.checkpoint, "cpu", cfg=cfg)
     else:
         model = build_detector(cfg.model.model_dump())
     batch_size = args.batch_size or cfg.data.batch_size

@@ -18,21 +18,17 @@ from pathlib import Path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tunedet.cli.main import (
-        _checkpoint_and_config,
-        _checkpoint_config,
-        _model_from_checkpoint,
-        _refuse_existing,
-    )
+    from tunedet.cli.main import checkpoint_and_config, config_for_checkpoint, refuse_existing
     from tunedet.deploy import fold_conv_bn
+    from tunedet.engine.build import model_on_device
 
-    checkpoint, config = _checkpoint_and_config(args)
+    checkpoint, config = checkpoint_and_config(args)
     end_to_end = args.format == "onnx" and not args.raw
     suffix = {True: ".onnx", False: ".dense.onnx" if args.format == "onnx" else ".torchscript.pt"}
     out = Path(args.out or Path(checkpoint).with_suffix(suffix[end_to_end]))
-    _refuse_existing(out, args.force, checkpoint)
-    cfg = _checkpoint_config(checkpoint, config, args.overrides)
-    model, _ = _model_from_checkpoint(cfg, checkpoint)
+    refuse_existing(out, args.force, checkpoint)
+    cfg = config_for_checkpoint(checkpoint, config, args.overrides)
+    model, _ = model_on_device(cfg, checkpoint)
     model = model.cpu().float().eval()
     image_size = args.image_size or _config_image_size(cfg)
     if args.reparam:
@@ -148,13 +144,13 @@ def _config_image_size(cfg) -> int:
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
-    from tunedet.cli.main import _add_checkpoint_target
+    from tunedet.cli.main import add_checkpoint_target
 
     p = subparsers.add_parser(
         "export",
         help="export to ONNX (end to end: image → detections) or TorchScript, checked against eager",
     )
-    _add_checkpoint_target(p)
+    add_checkpoint_target(p)
     p.add_argument("overrides", nargs="*")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument(

@@ -21,7 +21,7 @@ def _load(config: str, overrides: list[str]):
     return load_config(config, overrides)
 
 
-def _run_dir(cfg, config: str, work_dir: str | None) -> Path:
+def run_dir_for(cfg, config: str, work_dir: str | None) -> Path:
     if work_dir:
         return Path(work_dir)
     if cfg.work_dir:
@@ -32,14 +32,16 @@ def _run_dir(cfg, config: str, work_dir: str | None) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this, joined in one
     process group (gloo on CPU, NCCL on CUDA), and rank 0 alone prints and reports."""
+    from tunedet.analysis.report import write_report
     from tunedet.engine import distributed
+    from tunedet.engine.build import resolve_device
     from tunedet.engine.interrupt import TrainingInterrupted
-    from tunedet.engine.report import write_report
-    from tunedet.engine.trainer import Trainer, resolve_device
+    from tunedet.engine.trainer import Trainer
 
     cfg = _load(args.config, args.overrides)
-    run_dir = _run_dir(cfg, args.config, args.work_dir)
+    run_dir = run_dir_for(cfg, args.config, args.work_dir)
     check_run_dir(run_dir, checkpoints=False)  # the folder given; the one chosen below
+>>>>>>> 6d2fc49 (engine as small parts: engine/build.py, a trainer of typed parts and hooks, layering one way)
     distributed.init_from_env(resolve_device(cfg.device))
     try:
         trainer = Trainer(cfg, run_dir, must_resume=args.resume)
@@ -62,31 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_from_checkpoint(cfg, checkpoint: str):
-    import torch
+    """``(model, device)``: ``engine.build.model_on_device`` (EMA weights when the run kept
+    them, as training evaluates)."""
+    from tunedet.engine.build import model_on_device
 
-    from tunedet.deploy.prune import restore_pruned_structure
-    from tunedet.engine.checkpoint import (
-        checkpoint_class_names,
-        load_checkpoint,
-        load_model_state,
-    )
-    from tunedet.engine.trainer import resolve_device
-    from tunedet.models import build_detector
-    from tunedet.models.pretrained import skip_backbone_init
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    # every weight comes from the checkpoint: no ImageNet file for backbone.init
-    model = build_detector(skip_backbone_init(cfg.model.model_dump())).to(device)
-    state = load_checkpoint(checkpoint, map_location=device)
-    restore_pruned_structure(model, state)  # a tunedet prune checkpoint: its narrower convs
-    # A run with EMA is evaluated (and used) with its averaged weights, as in training.
-    weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
-    load_model_state(model, weights)
-    model.classes = checkpoint_class_names(state)  # class names, saved by the trainer
-    model.eval()
-    return model, device
+    return model_on_device(cfg, checkpoint)
 
 
 def _print_evaluation(
@@ -131,7 +113,7 @@ def _print_evaluation(
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunedet.data.build import build_dataset
-    from tunedet.engine.trainer import evaluate_results, predict_dataset
+    from tunedet.engine.evaluator import evaluate_results, predict_dataset
     from tunedet.evaluation import detection_metrics
     from tunedet.evaluation.coco import (
         coco_evaluate,
@@ -140,10 +122,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stats_from_eval,
     )
 
-    checkpoint, config = _checkpoint_and_config(args)
+    checkpoint, config = checkpoint_and_config(args)
     if args.save_json:
-        _refuse_existing(Path(args.save_json), args.force, checkpoint)
-    cfg = _checkpoint_config(checkpoint, config, args.overrides)
+        refuse_existing(Path(args.save_json), args.force, checkpoint)
+    cfg = config_for_checkpoint(checkpoint, config, args.overrides)
     if args.voc_dir:
         # Keep the recipe's VOC settings (tiling, class renames) and read another folder.
         keep = (
@@ -153,7 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         keep.update(type="voc", root=args.voc_dir, files=None, exclude=None)
         overrides = [*args.overrides, f"data.val={json.dumps(keep)}"]
-        cfg = _checkpoint_config(checkpoint, config, overrides)
+        cfg = config_for_checkpoint(checkpoint, config, overrides)
     if cfg.data.val is None:
         raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
     model, device = _model_from_checkpoint(cfg, checkpoint)
@@ -205,7 +187,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from tunedet.api import Detector, load_model, read_rgb
     from tunedet.data.build import IMAGE_SUFFIXES
 
-    checkpoint, config = _checkpoint_and_config(args)
+    checkpoint, config = checkpoint_and_config(args)
     files: list[Path] = []
     for name in args.images:
         path = Path(name)
@@ -351,7 +333,7 @@ def _write_json(path: Path, value) -> Path:
     return path
 
 
-def _refuse_existing(path: Path, force: bool, checkpoint: str | None = None) -> None:
+def refuse_existing(path: Path, force: bool, checkpoint: str | None = None) -> None:
     """Refuse to write ``path`` over the checkpoint (ever) or over any existing file
     (unless ``force``)."""
     if checkpoint is not None and path.exists() and path.resolve() == Path(checkpoint).resolve():
@@ -360,7 +342,7 @@ def _refuse_existing(path: Path, force: bool, checkpoint: str | None = None) -> 
         raise ValueError(f"{path}: already exists; pass --force to overwrite it")
 
 
-def _checkpoint_and_config(args: argparse.Namespace) -> tuple[str, str | None]:
+def checkpoint_and_config(args: argparse.Namespace) -> tuple[str, str | None]:
     """``(checkpoint, config or None)`` from ``TARGET [--checkpoint CKPT] [--config CFG]``:
     ``tunedet CMD CKPT`` (the checkpoint's own config, or --config) or the older
     ``tunedet CMD CONFIG --checkpoint CKPT``."""
@@ -375,12 +357,12 @@ def _checkpoint_and_config(args: argparse.Namespace) -> tuple[str, str | None]:
     return args.target, args.config
 
 
-def _checkpoint_config(checkpoint: str, config: str | None, overrides: list[str]):
+def config_for_checkpoint(checkpoint: str, config: str | None, overrides: list[str]):
     """The config of ``checkpoint``: ``config`` (a path or built-in name) when given, else
     the one the checkpoint carries; dotted ``overrides`` applied."""
     if config is not None:
         return _load(config, overrides)
-    from tunedet.api import config_from_checkpoint
+    from tunedet.engine.build import config_from_checkpoint
     from tunedet.engine.checkpoint import load_checkpoint
 
     return config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
@@ -397,7 +379,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tunedet.engine.report import write_report
+    from tunedet.analysis.report import write_report
     from tunedet.engine.trainer import Trainer
 
     cfg = _load("retinanet/demo", args.overrides)
@@ -428,9 +410,9 @@ def plural(kind: str) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tunedet.config.registry import REGISTRIES
-    from tunedet.config.schema import _import_components
+    from tunedet.config.schema import import_components
 
-    _import_components()
+    import_components()
     kinds = {"config": "configs", "configs": "configs"}
     for k in REGISTRIES:
         kinds.update({k: k, plural(k): k})
@@ -492,7 +474,7 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_checkpoint_target(p: argparse.ArgumentParser) -> None:
+def add_checkpoint_target(p: argparse.ArgumentParser) -> None:
     """``TARGET`` is a checkpoint (its own config is used, or --config), or a config with
     ``--checkpoint CKPT`` (the older form)."""
     p.add_argument("target", metavar="CKPT", help="checkpoint (or a config with --checkpoint)")
@@ -560,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its config's validation data")
-    _add_checkpoint_target(p)
+    add_checkpoint_target(p)
     p.add_argument("overrides", nargs="*")
     p.add_argument("--voc-dir", help="evaluate on this Pascal VOC folder instead of data.val")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
@@ -572,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("infer", help="detect objects in images; writes detections and drawn PNGs")
-    _add_checkpoint_target(p)
+    add_checkpoint_target(p)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument(
         "--out",

@@ -24,7 +24,7 @@ class Section(BaseModel):
     model_config = STRICT
 
 
-def _import_components() -> None:
+def import_components() -> None:
     """Import every package that registers components (registration happens on import)."""
     import tunedet.anchors  # noqa: F401
     import tunedet.assigners  # noqa: F401
@@ -267,7 +267,7 @@ class EvalConfig(Section):
 @functools.cache
 def root_model() -> type[BaseModel]:
     """The whole experiment's schema (built once all components are registered)."""
-    _import_components()
+    import_components()
     data = create_model(
         "DataConfig",
         __base__=DataConfig,

@@ -37,7 +37,9 @@ def fetch_other(sample: dict, rng: np.random.Generator, name: str) -> dict:
     return dict(fetch(int(rng.integers(int(sample["_num_samples"])))))
 
 
-def _has_masks(samples: list[dict], name: str) -> bool:
+def has_masks(samples: list[dict], name: str) -> bool:
+    """True when the samples carry ``masks``; ValueError naming transform ``name`` when
+    only some of them do."""
     flags = {"masks" in s for s in samples}
     if len(flags) > 1:
         raise ValueError(f"transform '{name}': some samples have masks and some do not")
@@ -75,7 +77,7 @@ class Mosaic:
         if rng.random() >= self.p:
             return sample
         parts = [sample] + [fetch_other(sample, rng, "mosaic") for _ in range(3)]
-        masked = _has_masks(parts, "mosaic")
+        masked = has_masks(parts, "mosaic")
         s = self.size
         cx, cy = (round(v * s) for v in rng.uniform(*self.center_range, size=2))
         canvas = np.full((s, s, 3), self.fill, np.uint8)
@@ -133,7 +135,7 @@ class MixUp:
             return sample
         other = fetch_other(sample, rng, "mixup")
         lam = rng.beta(self.alpha, self.alpha)
-        masked = _has_masks([sample, other], "mixup")
+        masked = has_masks([sample, other], "mixup")
         image = sample["image"]
         height, width = image.shape[:2]
         oh, ow = other["image"].shape[:2]
@@ -202,7 +204,7 @@ class CopyPaste:
         if rng.random() >= self.p:
             return sample
         other = fetch_other(sample, rng, "copy_paste")
-        masked = _has_masks([sample, other], "copy_paste")
+        masked = has_masks([sample, other], "copy_paste")
         other_boxes = np.asarray(other["boxes"], np.float32).reshape(-1, 4)
         n = len(other_boxes)
         if n == 0:

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from tunedet.config.registry import register
-from tunedet.data.mixing import _has_masks, fetch_other
+from tunedet.data.mixing import fetch_other, has_masks
 from tunedet.data.transforms import clip_and_filter, resize_sample
 
 
@@ -86,7 +86,7 @@ class RICAP:
         if rng.random() >= self.p:
             return sample
         parts = [sample] + [fetch_other(sample, rng, "ricap") for _ in range(3)]
-        masked = _has_masks(parts, "ricap")
+        masked = has_masks(parts, "ricap")
         s = self.size
         w, h = (int(round(s * b)) for b in rng.beta(self.beta, self.beta, size=2))
         patches = [(0, 0, w, h), (w, 0, s - w, h), (0, h, w, s - h), (w, h, s - w, s - h)]
@@ -152,7 +152,7 @@ class CutMix:
         if rng.random() >= self.p:
             return sample
         other = fetch_other(sample, rng, "cutmix")
-        masked = _has_masks([sample, other], "cutmix")
+        masked = has_masks([sample, other], "cutmix")
         lam = rng.beta(self.alpha, self.alpha)
         image = sample["image"]
         height, width = image.shape[:2]

@@ -1,5 +1,5 @@
 """CPU deployment: conv-BN folding, channels_last, ONNX / TorchScript export checked
-against eager PyTorch (SPEC S15)."""
+against eager PyTorch."""
 
 from tunedet.deploy.export import (
     DenseNetwork,

@@ -1,4 +1,4 @@
-"""Mixed precision (SPEC S3): ``none``, ``bf16`` (CPU or CUDA autocast, no loss scaling)
+"""Mixed precision (Micikevicius et al. 2018): ``none``, ``bf16`` (CPU or CUDA autocast, no loss scaling)
 or ``fp16`` (CUDA autocast with a ``torch.amp.GradScaler``).
 
 The device is taken from the model's parameters, never hard-coded.

@@ -29,12 +29,11 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
+# one safe reader for checkpoints and pretrained weights (below the models that use it)
+from tunedet.models.weights_file import CheckpointError, read_weights_file
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def checkpoint_path(run_dir: str | os.PathLike, iteration: int) -> Path:
@@ -131,29 +130,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     _verify_checksums(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        message = str(err)
-        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-        if unsupported:
-            raise CheckpointError(
-                f"checkpoint {path} holds a pickled object ({unsupported.group(1)}) that safe "
-                "loading (weights_only=True) refuses; save only tensors and plain containers"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
-        reason = _first_line(detail.group(1)) if detail else "unreadable pickle data"
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch checkpoint ({reason})"
-        ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as err:
-        reason = _first_line(str(err)).split(". ")[0] or type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"checkpoint {path} holds a {type(state).__name__}, expected a dict of state"
-        )
-    return state
+    return read_weights_file(path, map_location)
 
 
 def _verify_checksums(path: Path) -> None:

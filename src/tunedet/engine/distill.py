@@ -17,21 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tunedet.engine.checkpoint import load_checkpoint, load_model_state
 from tunedet.losses.distillation import sigmoid_distillation, softmax_distillation
 
 
 def build_teacher(teacher_config: str, teacher_checkpoint: str, device: torch.device) -> nn.Module:
-    """The teacher detector of ``teacher_config`` with ``teacher_checkpoint``'s weights."""
+    """The teacher detector of ``teacher_config`` with ``teacher_checkpoint``'s weights (its
+    EMA weights when it has them: ``engine.build.model_from_checkpoint``)."""
     from tunedet.config.loader import load_config
-    from tunedet.models import build_detector
+    from tunedet.engine.build import model_from_checkpoint
 
     cfg = load_config(teacher_config)
-    teacher = build_detector(cfg.model.model_dump()).to(device)
-    state = load_checkpoint(teacher_checkpoint, map_location=device)
-    weights = state["ema"]["model"] if "ema" in state else state.get("model", state)
-    load_model_state(teacher, weights, source=teacher_checkpoint)
-    return teacher
+    return model_from_checkpoint(teacher_checkpoint, device, cfg=cfg)[0]
 
 
 class Distiller:

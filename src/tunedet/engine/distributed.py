@@ -22,10 +22,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+# the loss normalisers live below the models that call them (losses/rank_mean.py)
+from tunedet.losses.rank_mean import is_distributed, mean_count_over_ranks, reduce_mean  # noqa: F401
 
 
 def world_size() -> int:
@@ -34,11 +32,6 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
-
-
-def is_main_process() -> bool:
-    """Rank 0: the one process that logs, shows progress, writes checkpoints and reports."""
-    return rank() == 0
 
 
 def env_world_size() -> int:
@@ -76,30 +69,6 @@ def shutdown() -> None:
     """Leave the process group (after the last collective)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def reduce_mean(tensor: Tensor) -> Tensor:
-    """The mean of ``tensor`` over ranks (a copy; ``tensor`` itself when not distributed)."""
-    if not is_distributed():
-        return tensor
-    total = tensor.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / dist.get_world_size()
-
-
-def mean_count_over_ranks(count: Tensor) -> Tensor:
-    """``max(Σ_ranks count, 1) / world_size``: a loss normaliser (number of positives)
-    shared by all ranks, as mmdetection's ``reduce_mean``.
-
-    DDP averages gradients over ranks, so ``loss_r / mean_count_over_ranks(n_r)`` on
-    every rank gives the gradient of ``Σ_r loss_r / max(Σ_r n_r, 1)``, the 1-process
-    loss over the global batch. In a 1-process run this is ``max(count, 1)``.
-    """
-    if not is_distributed():
-        return count.clamp(min=1)
-    total = count.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.clamp(min=1) / dist.get_world_size()
 
 
 def any_over_ranks(flags: list[bool], device: torch.device) -> list[bool]:

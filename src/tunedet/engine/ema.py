@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's weights, used for evaluation (SPEC S3).
+"""Exponential moving average of a model's weights, used for evaluation (Polyak averaging).
 
 After every optimizer step ``ema = d·ema + (1 − d)·w`` for each
 floating-point parameter, with a warm-up ramp on the decay,

@@ -1,6 +1,6 @@
 """Learning-rate schedules: a warmup times a main policy, pure functions of the iteration.
 
-``lr(it) = base_lr · warmup.factor(it) · policy.factor(it)`` (SPEC S2). Nothing is
+``lr(it) = base_lr · warmup.factor(it) · policy.factor(it)``. Nothing is
 stepped and nothing is stored: resuming needs only the iteration number, and any
 policy can be plotted by evaluating ``factor`` on a range of iterations.
 
@@ -382,7 +382,7 @@ class ExpWarmup:
 
 @register("warmup", "gradual")
 class GradualWarmup:
-    """Gradual warmup with a multiplier (Goyal et al.; seed 004's GradualWarmupScheduler).
+    """Gradual warmup with a multiplier (Goyal et al. 2017; ildoonet's GradualWarmupScheduler).
 
     The factor goes linearly from 1 to ``multiplier`` over ``iters`` (from 0 to 1 when
     ``multiplier == 1``) and stays at ``multiplier`` after: the main policy then runs on

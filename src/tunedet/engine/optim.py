@@ -1,7 +1,7 @@
 """Optimizers with parameter groups, gradient clipping, the L1 penalty and the linear
 scaling rule.
 
-Weight decay is L2 in the optimizer, applied per group (SPEC S3): ordinary weights
+Weight decay is L2 in the optimizer, applied per group: ordinary weights
 get ``weight_decay``, normalisation layers' weights and biases get ``norm_decay`` and
 other biases ``bias_decay`` (both 0 by default, as in Detectron and mmdetection).
 ``param_multipliers`` scales the lr and the decay of the parameters under a module

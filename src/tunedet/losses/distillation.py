@@ -1,4 +1,4 @@
-"""Knowledge distillation (Hinton et al. 2015) of classification outputs (SPEC S8).
+"""Knowledge distillation (Hinton et al. 2015) of classification outputs.
 
 Softmax heads, student logits ``z``, teacher logits ``r``, temperature ``T``:
 

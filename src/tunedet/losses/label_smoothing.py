@@ -1,6 +1,6 @@
 """Label smoothing (Szegedy et al. 2016) for softmax and sigmoid classifiers.
 
-Softmax heads (SPEC S8): the one-hot target becomes ``q_i = 1 − ε`` for the true
+Softmax heads: the one-hot target becomes ``q_i = 1 − ε`` for the true
 class and ``ε/(K − 1)`` for each of the other ``K − 1`` classes, so the target still
 sums to 1 and the true class keeps exactly ``1 − ε``.
 

@@ -27,8 +27,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from tunedet.engine.checkpoint import CheckpointError, load_checkpoint
 from tunedet.models.convert import convert_torchvision_detector, torchvision_architecture
+from tunedet.models.weights_file import CheckpointError, read_weights_file
 
 # torchvision's ImageNet weights per backbone: the ones its detection models start from
 IMAGENET_WEIGHTS = {
@@ -91,7 +91,7 @@ def fetch_imagenet_state(arch: str) -> dict[str, Tensor]:
 def _read_state(path: str | os.PathLike) -> dict[str, Tensor]:
     """A state dict from a file: a plain one, or the ``model`` / ``state_dict`` entry."""
     try:
-        raw = load_checkpoint(path)
+        raw = read_weights_file(path)
     except CheckpointError as err:
         raise PretrainedWeightsError(str(err)) from None
     for key in ("model", "state_dict"):
@@ -228,7 +228,7 @@ def load_detector_weights(
     model: nn.Module, path: str | os.PathLike, log: Callable[[str], None] = print
 ) -> LoadSummary:
     """Initialise ``model`` from the detector weights in ``path``; logs one summary line."""
-    raw = load_checkpoint(path)
+    raw = read_weights_file(path)
     state, kind = detector_state(raw, str(path))
     summary = fit_state(model, state, f"{path} ({kind})")
     model.load_state_dict({k: state[k] for k in summary.loaded}, strict=False)

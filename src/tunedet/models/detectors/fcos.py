@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from tunedet.assigners.base import AssignResult
 from tunedet.boxes.iou import aligned_box_iou
 from tunedet.config.registry import register
-from tunedet.engine.distributed import mean_count_over_ranks, reduce_mean
 from tunedet.losses.centerness import centerness_loss, centerness_targets
+from tunedet.losses.rank_mean import mean_count_over_ranks, reduce_mean
 from tunedet.models.postprocess import postprocess_detections
 
 Fraction = Annotated[float, Field(ge=0, le=1)]

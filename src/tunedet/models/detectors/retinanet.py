@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from tunedet.assigners.base import AssignResult
 from tunedet.config.registry import register
-from tunedet.engine.distributed import mean_count_over_ranks
+from tunedet.losses.rank_mean import mean_count_over_ranks
 from tunedet.models.postprocess import NMSType, postprocess_detections
 
 Fraction = Annotated[float, Field(ge=0, le=1)]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from tunedet.config.registry import register
-from tunedet.engine.distributed import mean_count_over_ranks
+from tunedet.losses.rank_mean import mean_count_over_ranks
 from tunedet.models.heads.prediction_layout import concat_levels
 
 Fraction = Annotated[float, Field(ge=0, le=1)]

@@ -30,19 +30,13 @@ def prediction_grid(
     trainer: Any, out: Path, num_images: int = 8, score_thr: float = 0.3
 ) -> Path | None:
     """Validation images with ground truth (thin white) and predictions (coloured, scored)."""
-    from tunedet.data.build import build_loader
+    from tunedet.engine.build import eval_loader
 
     dataset = trainer.val_set
     if dataset is None or len(dataset) == 0:
         return None
-    cfg = trainer.cfg
-    loader = build_loader(
-        dataset,
-        cfg.data.val_transforms,
-        batch_size=min(num_images, len(dataset)),
-        seed=cfg.seed,
-        num_workers=0,
-        size_divisor=cfg.data.size_divisor,
+    loader = eval_loader(
+        trainer.cfg, dataset, batch_size=min(num_images, len(dataset)), num_workers=0
     )
     batch = next(iter(loader)).to(trainer.device)
     model = trainer.eval_model  # the EMA weights when enabled
