@@ -126,3 +126,9 @@ def test_the_checker_catches_a_private_import(tmp_path, monkeypatch):
     assert private_imports([fake / "cli" / "bench.py"]) == [
         "cli/bench.py:1 imports ['_load'] of tunedet.cli.main"
     ]
+
+
+def test_engine_modules_stay_small():
+    """The engine is small parts: no module of it over 400 lines."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (SRC / "engine").glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -4,23 +4,25 @@ import pytest
 import torch
 
 from tunedet.config.registry import REGISTRIES, build
-from tunedet.engine.lr_schedule import (
+from tunedet.engine.lr_policies import (
     ConstantLR,
-    ConstantWarmup,
     CosineLR,
     CosineRestartsLR,
     ExpLR,
+    MultiStepLR,
+    OneCycleLR,
+    PolyLR,
+    StepLR,
+    StepsWithLRs,
+)
+from tunedet.engine.lr_schedule import (
+    ConstantWarmup,
     ExpWarmup,
     LinearWarmup,
     LRChangeLog,
     LRSchedule,
     MomentumCorrection,
-    MultiStepLR,
     NoWarmup,
-    OneCycleLR,
-    PolyLR,
-    StepLR,
-    StepsWithLRs,
     build_lr_schedule,
 )
 

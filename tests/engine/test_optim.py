@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from tunedet.engine.lr_schedule import ConstantLR, LRSchedule
+from tunedet.engine.adabound import AdaBound, adabound
+from tunedet.engine.lr_policies import ConstantLR
+from tunedet.engine.lr_schedule import LRSchedule
 from tunedet.engine.optim import (
-    AdaBound,
-    adabound,
     adadelta,
     adagrad,
     adam,

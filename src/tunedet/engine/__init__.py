@@ -4,6 +4,7 @@ Importing this package registers the ``optimizer``, ``lr_policy`` and ``warmup``
 components.
 """
 
+from tunedet.engine import adabound  # noqa: F401  (registers optimizer "adabound")
 from tunedet.engine.checkpoint import (
     CheckpointError,
     checkpoint_path,
