@@ -106,17 +106,38 @@ def test_grid_max_iou_equals_per_gt_reference():
         assert (result.matched > 0).any() and (result.matched == -1).any()
 
 
+def positional_choice_differs(anchors, box, per_cell):
+    """True when the responsible anchor by positional IoU (anchor where it lies) is not the
+    one by centred IoU (shapes only, the paper's rule) for ``box``."""
+    cells = responsible(box, per_cell, len(anchors)).nonzero()[:, 0]
+    if len(cells) == 0:
+        return False
+    sizes = anchors[cells, 2:] - anchors[cells, :2]
+    w, h = box[2:] - box[:2]
+    inter = torch.minimum(w, sizes[:, 0]) * torch.minimum(h, sizes[:, 1])
+    centred = inter / (w * h + sizes[:, 0] * sizes[:, 1] - inter)
+    positional = tv_box_iou(box[None], anchors[cells])[0]
+    return bool(centred.argmax() != positional.argmax())
+
+
 def test_grid_yolov3_gives_each_gt_exactly_one_anchor_by_shape():
     anchors, per_level, per_cell = grid_anchors()
-    g = torch.Generator().manual_seed(1)
-    boxes, labels, counts = random_gt(g, num_images=4, max_gt=4)
-    result = GridAssigner("yolov3", neg_iou_thr=0.5).assign(anchors, per_level, boxes, labels)
-    for i in range(4):
-        expected = reference_yolov3(anchors, boxes[i, : counts[i]], per_cell, 0.5)
-        assert torch.equal(result.matched[i], expected)
-        codes = result.matched[i][result.matched[i] > 0]
-        assert len(codes) == len(set(codes.tolist()))  # one anchor per GT
-    assert (result.matched == -1).any()  # the ignore threshold is exercised
+    telling = 0
+    for seed in (0, 2, 3):
+        g = torch.Generator().manual_seed(seed)
+        boxes, labels, counts = random_gt(g, num_images=4, max_gt=4)
+        result = GridAssigner("yolov3", neg_iou_thr=0.5).assign(anchors, per_level, boxes, labels)
+        for i in range(4):
+            expected = reference_yolov3(anchors, boxes[i, : counts[i]], per_cell, 0.5)
+            assert torch.equal(result.matched[i], expected)
+            codes = result.matched[i][result.matched[i] > 0]
+            assert len(codes) == len(set(codes.tolist()))  # one anchor per GT
+            telling += sum(
+                positional_choice_differs(anchors, b, per_cell) for b in boxes[i, : counts[i]]
+            )
+        assert (result.matched == -1).any()  # the ignore threshold is exercised
+    # some GTs pick another anchor by positional IoU: the sample tells the two rules apart
+    assert telling >= 3
 
 
 def test_grid_centre_on_a_cell_border_belongs_to_the_cell_right_below():

@@ -28,14 +28,18 @@ def random_case(g, num_images, max_gt, num_anchors, num_classes=3):
     return boxes, labels, counts, scores, pred
 
 
-def reference_cost(boxes, labels, scores, pred, extent, weights, alpha=0.25, gamma=2.0):
-    """DETR/OneNet cost in float64, one GT row at a time."""
+def reference_cost(
+    boxes, labels, scores, pred, extent, weights, alpha=0.25, gamma=2.0, cls_cost="focal"
+):
+    """DETR/OneNet cost in float64, one GT row at a time (``prob``: DETR's ``-p``)."""
     rows = []
     for box, label in zip(boxes.double(), labels, strict=True):
         p = scores[:, label].double()
         focal = alpha * (1 - p) ** gamma * -torch.log(p + 1e-8) - (
             1 - alpha
         ) * p**gamma * -torch.log(1 - p + 1e-8)
+        if cls_cost == "prob":
+            focal = -p
         l1 = ((pred.double() - box) / extent).abs().sum(dim=1)
         giou = tv_giou(box[None], pred.double())[0]
         rows.append(weights[0] * focal + weights[1] * l1 - weights[2] * giou)
@@ -74,8 +78,10 @@ def test_hungarian_probability_cost_and_ties_follow_scipy():
     labels = torch.tensor([[0, 1]])
     assigner = HungarianAssigner(cls_cost="prob")
     result = assigner.assign(anchors, [16], gt, labels, pred_scores=scores, pred_boxes=pred)
-    cost = assigner.cost(anchors, gt, labels, scores, pred)[0].double().numpy()
-    rows, columns = linear_sum_assignment(cost)
+    extent = torch.full((4,), 64.0, dtype=torch.float64)  # 8 + 56 per axis
+    cost = reference_cost(gt[0], labels[0], scores[0], pred[0], extent, (2, 5, 2), cls_cost="prob")
+    torch.testing.assert_close(assigner.cost(anchors, gt, labels, scores, pred)[0].double(), cost)
+    rows, columns = linear_sum_assignment(cost.numpy())
     assert result.matched[0, columns].tolist() == (rows + 1).tolist()
     assert (result.matched[0] > 0).sum() == 2
 

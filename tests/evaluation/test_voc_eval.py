@@ -34,6 +34,14 @@ def test_voc_ap_all_point_by_hand():
     )
 
 
+def test_voc_ap_all_point_takes_the_precision_envelope():
+    # TP, FP, FP, TP, TP against 3 positives: recall 1/3, 1/3, 1/3, 2/3, 1;
+    # precision 1, 1/2, 1/3, 1/2, 3/5. On (1/3, 2/3] the envelope is max(1/2, 3/5) = 3/5,
+    # not the 1/2 measured there: AP = 1/3·1 + 1/3·3/5 + 1/3·3/5 (without it: 0.7).
+    recall, precision = [1 / 3, 1 / 3, 1 / 3, 2 / 3, 1.0], [1.0, 0.5, 1 / 3, 0.5, 0.6]
+    assert voc_ap(recall, precision, use_07_metric=False) == pytest.approx((1 + 0.6 + 0.6) / 3)
+
+
 def test_voc_ap_11_point_and_all_point_differ_on_half_recall():
     # One TP against 2 positives: recall 0.5 at precision 1.
     # 11-point: t = 0, .1, .., .5 give 1 (6 points) -> 6/11 = 0.5454..; all-point: 0.5 * 1 = 0.5.
@@ -180,8 +188,23 @@ def devkit_loop_reference(gt, results, iou_thr, use_07_metric):
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         recall = tp / npos
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps[cat["name"]] = voc_ap(recall, precision, use_07_metric)
+        aps[cat["name"]] = devkit_ap(recall, precision, use_07_metric)
     return aps
+
+
+def devkit_ap(rec, prec, use_07_metric):
+    """The devkit's ``voc_ap`` as loops (11 thresholds i/10, or the area under the
+    envelope built right to left), independent of ``tunedet.evaluation.voc_ap``."""
+    if use_07_metric:
+        ap = 0.0
+        for i in range(11):
+            reached = [p for r, p in zip(rec, prec, strict=True) if r >= i / 10]
+            ap += (max(reached) if reached else 0.0) / 11
+        return ap
+    mrec, mpre = [0.0, *rec, 1.0], [0.0, *prec, 0.0]
+    for i in range(len(mpre) - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1))
 
 
 def random_voc_case(seed=0, num_images=30, num_classes=3):
