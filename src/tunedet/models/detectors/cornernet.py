@@ -22,13 +22,13 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from tunedet.config.registry import register
-from tunedet.engine.distributed import mean_count_over_ranks
 from tunedet.losses.corner import (
     associative_embedding_loss,
     corner_heatmap_targets,
     gaussian_radius,
     penalty_reduced_focal_loss,
 )
+from tunedet.losses.rank_mean import mean_count_over_ranks
 from tunedet.models.heads.cornernet import CornerMaps
 from tunedet.models.postprocess import split_per_image
 

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from tunedet.config.registry import register
-from tunedet.engine.distributed import mean_count_over_ranks
+from tunedet.losses.rank_mean import mean_count_over_ranks
 from tunedet.models.detectors.yolov3 import DecodedBoxes
 from tunedet.models.layers import output_conv
 from tunedet.models.postprocess import postprocess_detections
