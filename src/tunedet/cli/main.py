@@ -41,7 +41,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     run_dir = run_dir_for(cfg, args.config, args.work_dir)
     check_run_dir(run_dir, checkpoints=False)  # the folder given; the one chosen below
->>>>>>> 6d2fc49 (engine as small parts: engine/build.py, a trainer of typed parts and hooks, layering one way)
     distributed.init_from_env(resolve_device(cfg.device))
     try:
         trainer = Trainer(cfg, run_dir, must_resume=args.resume)
