@@ -48,6 +48,7 @@ from PIL import Image
 
 from tunedet.config.schema import TTAConfig
 from tunedet.data.build import build_dataset
+from tunedet.data.tiling import crop_to_tile, make_tiles
 from tunedet.evaluation import coco_evaluate
 
 TREES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trees"
@@ -55,28 +56,12 @@ YELL = "2019_YELL_2_541000_4977000_image_crop"
 PATCH = 400
 
 
-def _windows(start: int, stop: int, size: int, stride: int) -> list[int]:
-    """Window origins covering [start, stop) with windows of ``size`` inside it."""
-    if stop - start <= size:
-        return [start]
-    origins = list(range(start, stop - size + 1, stride))
-    if origins[-1] != stop - size:
-        origins.append(stop - size)
-    return origins
-
-
 def _crop(image, boxes, x0, y0, size, min_visible=0.5):
-    window = np.array([x0, y0, x0 + size, y0 + size], np.float32)
-    clipped = np.concatenate(
-        [np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1
-    )
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    inter = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(
-        clipped[:, 3] - clipped[:, 1], 0, None
-    )
-    keep = inter >= min_visible * np.maximum(area, 1e-6)
-    out = clipped[keep] - np.array([x0, y0, x0, y0], np.float32)
-    return image[y0 : y0 + size, x0 : x0 + size], out
+    """The ``size`` px window at ``(x0, y0)`` and its boxes (``data.tiling.crop_to_tile``:
+    clipped, shifted, kept when at least ``min_visible`` of a box is inside)."""
+    labels = np.zeros(len(boxes), np.int64)
+    tile = crop_to_tile(boxes, labels, (x0, y0, x0 + size, y0 + size), min_visible)
+    return image[y0 : y0 + size, x0 : x0 + size], tile.boxes[tile.keep]
 
 
 def _write_patch(folder: Path, name: str, image: np.ndarray, boxes: np.ndarray) -> None:
@@ -135,12 +120,12 @@ def make_patches(out: Path, validation: bool = False) -> dict[str, int]:
     if validation:
         scored_x = split_x - PATCH
         split_x = scored_x
-    for y0 in _windows(0, height, PATCH, PATCH // 2):
-        for x0 in _windows(0, split_x, PATCH, PATCH // 2):
-            crop, crop_boxes = _crop(image, boxes, x0, y0, PATCH)
-            _write_patch(out / "train", f"yell_{x0}_{y0}", crop, crop_boxes)
-            counts["train_patches"] += 1
-            counts["train_boxes"] += len(crop_boxes)
+    # windows overlapping by half, the last flush with the edge (data.tiling.make_tiles)
+    for x0, y0, _, _ in make_tiles((height, split_x), PATCH, overlap=0.5):
+        crop, crop_boxes = _crop(image, boxes, x0, y0, PATCH)
+        _write_patch(out / "train", f"yell_{x0}_{y0}", crop, crop_boxes)
+        counts["train_patches"] += 1
+        counts["train_boxes"] += len(crop_boxes)
     # scored: flush with the held-out third's right edge (or, for validation, the
     # training part's), three rows
     for y0 in sorted({0, (height - PATCH) // 2, height - PATCH}):
