@@ -52,7 +52,7 @@ def score(cfg, model, test: Path) -> dict:
     import torch
 
     from tunedet.data.build import build_dataset
-    from tunedet.engine.trainer import evaluate_results, predict_dataset
+    from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
     dataset = build_dataset(coco_spec(test))
     results = predict_dataset(model, dataset, cfg, torch.device("cpu"))

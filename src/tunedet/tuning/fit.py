@@ -196,7 +196,7 @@ def fit(
     # 2. fingerprint and the data rules
     fp = fingerprint_from_coco(train_set.coco_ground_truth(), classes, overhead)
     (out / "fingerprint.json").write_text(json.dumps(fp.summary(), indent=2))
-    from tunedet.engine.trainer import resolve_device
+    from tunedet.engine.build import resolve_device
 
     device_kind = resolve_device(device).type
     rules = data_rules(fp, DetectorGeometry(), device_kind, len(train_set), clock.seconds / 60)
