@@ -165,6 +165,9 @@ def main() -> int:
     parser.add_argument("--area", action="append", help="only these areas (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per test run")
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="do not first check the unmutated tests pass"
+    )
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if not args.area or m.area in args.area]
     if args.list:
@@ -180,11 +183,12 @@ def main() -> int:
                 print(f"stale mutation '{m.name}': snippet found {count} times in {m.file}")
                 return 2
         baseline = sorted({t for m in chosen for t in m.tests})
-        passed, seconds = run_tests(src, tuple(baseline), args.timeout)
-        if not passed:
-            print(f"the unmutated tests fail ({' '.join(baseline)}): fix them first")
-            return 2
-        print(f"unmutated: {len(baseline)} test files pass ({seconds:.0f} s)\n")
+        if not args.skip_baseline:
+            passed, seconds = run_tests(src, tuple(baseline), args.timeout)
+            if not passed:
+                print(f"the unmutated tests fail ({' '.join(baseline)}): fix them first")
+                return 2
+            print(f"unmutated: {len(baseline)} test files pass ({seconds:.0f} s)\n")
         rows = []
         for m in chosen:
             path = src / "tunedet" / m.file
