@@ -265,3 +265,18 @@ def test_max_iou_tie_between_two_gts_goes_to_the_first():
         anchors, [2], gt, torch.tensor([[0, 1, 2]])
     )
     assert result.matched.tolist() == [[1, 3]]
+
+
+def test_iou_exactly_at_a_threshold_is_positive_at_pos_and_ignored_at_neg():
+    # anchor 10x10 at the origin; GTs 10x5 and 10x4 on it: IoU exactly 0.5 and 0.4
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assigner = MaxIoUAssigner(0.5, 0.4, match_low_quality=False)
+    at_pos = assigner.assign(
+        anchors, [1], torch.tensor([[[0.0, 0.0, 10.0, 5.0]]]), torch.tensor([[0]])
+    )
+    at_neg = assigner.assign(
+        anchors, [1], torch.tensor([[[0.0, 0.0, 10.0, 4.0]]]), torch.tensor([[0]])
+    )
+    assert at_pos.max_iou[0, 0] == 0.5 and at_neg.max_iou[0, 0] == pytest.approx(0.4)
+    assert at_pos.matched[0, 0] == 1  # IoU >= pos_iou_thr: positive
+    assert at_neg.matched[0, 0] == -1  # not below neg_iou_thr: ignored, not background
