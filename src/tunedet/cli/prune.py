@@ -53,7 +53,7 @@ def measure(model: torch.nn.Module, cfg: Any, val_set: Any, repeats: int = 5) ->
     FLOPs and CPU latency (fastest of ``repeats``) of one validation image."""
     from tunedet.analysis.flops import count_params_and_flops
     from tunedet.analysis.inputs import model_samples
-    from tunedet.engine.trainer import evaluate_results, predict_dataset
+    from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
     device = torch.device("cpu")
     results = predict_dataset(model, val_set, cfg, device)
