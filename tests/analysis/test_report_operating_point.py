@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tunedet.engine.report import operating_point
+from tunedet.analysis.report import operating_point
 
 from tunedet.analysis.curves import plot_run_curves, split_series
 from tunedet.evaluation.pr_metrics import PRCurve, best_f1_threshold, f1_by_score
