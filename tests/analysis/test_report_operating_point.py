@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tunedet.analysis.report import operating_point
 
 from tunedet.analysis.curves import plot_run_curves, split_series
+from tunedet.analysis.report import operating_point
 from tunedet.evaluation.pr_metrics import PRCurve, best_f1_threshold, f1_by_score
 
 
