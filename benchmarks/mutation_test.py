@@ -8,8 +8,9 @@ run the tests that cover them; print which mutations are killed and which surviv
 Each mutation replaces one exact snippet of ``src/tunedet`` (it must occur exactly once:
 a stale mutation is an error, not a survivor) in a temporary copy of ``src``; the
 working tree is never modified, so others may run the tests meanwhile. The tests run
-with ``PYTHONPATH`` pointing at the copy. A mutation is *killed* when the tests fail,
-*survives* when they pass. The unmutated copy is checked to pass first.
+with ``PYTHONPATH`` pointing at the copy. A mutation is *killed* when a test fails
+(pytest exit 1), *survives* when they pass; a collection error is reported as an error.
+The unmutated copy is checked to pass first (``--skip-baseline`` to skip).
 """
 
 from __future__ import annotations
@@ -146,8 +147,9 @@ MUTATIONS = [
 ]  # fmt: skip
 
 
-def run_tests(src: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, float]:
-    """``(passed, seconds)`` of pytest on ``tests`` with ``src`` first on the path."""
+def run_tests(src: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float]:
+    """``(pytest exit code, seconds)`` on ``tests`` with ``src`` first on the path (0: all
+    passed, 1: a test failed, 2 and above: collection or usage errors)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.monotonic()
@@ -156,8 +158,8 @@ def run_tests(src: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, 
             command, cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        return False, time.monotonic() - start  # a hang counts as caught
-    return done.returncode == 0, time.monotonic() - start
+        return 1, time.monotonic() - start  # a hang counts as caught
+    return done.returncode, time.monotonic() - start
 
 
 def main() -> int:
@@ -184,8 +186,8 @@ def main() -> int:
                 return 2
         baseline = sorted({t for m in chosen for t in m.tests})
         if not args.skip_baseline:
-            passed, seconds = run_tests(src, tuple(baseline), args.timeout)
-            if not passed:
+            code, seconds = run_tests(src, tuple(baseline), args.timeout)
+            if code != 0:
                 print(f"the unmutated tests fail ({' '.join(baseline)}): fix them first")
                 return 2
             print(f"unmutated: {len(baseline)} test files pass ({seconds:.0f} s)\n")
@@ -195,10 +197,12 @@ def main() -> int:
             original = path.read_text()
             path.write_text(original.replace(m.original, m.mutated))
             try:
-                survived, seconds = run_tests(src, m.tests, args.timeout)
+                code, seconds = run_tests(src, m.tests, args.timeout)
             finally:
                 path.write_text(original)
-            rows.append((m, "SURVIVED" if survived else "killed", seconds))
+            # only a failing test kills a mutation; a collection error is reported as such
+            result = {0: "SURVIVED", 1: "killed"}.get(code, f"ERROR (pytest exit {code})")
+            rows.append((m, result, seconds))
             print(f"{rows[-1][1]:8}  {m.area:12} {m.name}  ({seconds:.0f} s)", flush=True)
     print("\n| area | mutation | file | tests | result |")
     print("|---|---|---|---|---|")
@@ -206,8 +210,10 @@ def main() -> int:
         tests = ", ".join(Path(t).name for t in m.tests)
         print(f"| {m.area} | {m.name} | `{m.file}` | {tests} | {result} |")
     survivors = sum(result == "SURVIVED" for _, result, _ in rows)
-    print(f"\n{len(rows) - survivors} killed, {survivors} survived")
-    return 1 if survivors else 0
+    killed = sum(result == "killed" for _, result, _ in rows)
+    errors = len(rows) - survivors - killed
+    print(f"\n{killed} killed, {survivors} survived, {errors} errors")
+    return 1 if survivors or errors else 0
 
 
 if __name__ == "__main__":
