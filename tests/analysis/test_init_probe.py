@@ -95,3 +95,16 @@ def test_analyze_init_prints_every_class_branch(capsys, tiny_demo):
 def test_a_model_without_a_known_class_layer_is_refused():
     with pytest.raises(ValueError, match="no classification layer"):
         find_class_branches(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+def test_cornernet_heatmaps_are_probed_with_their_prior():
+    from tunedet.config.loader import load_config
+    from tunedet.models import build_detector
+
+    cfg = load_config("cornernet/demo")
+    model = build_detector(cfg.model.model_dump())
+    branches = find_class_branches(model)
+    assert [b.name for b in branches] == ["head.tl_heat", "head.br_heat"]
+    prior = cfg.model.head.prior_prob
+    s = branch_statistics(branches[0], torch.zeros(4, 1), images=1)
+    assert s["bias_prior"] == pytest.approx(prior)

@@ -15,7 +15,8 @@ for softmax heads, per location and summed over one image.
 Classification layers are found by name: ``cls_logits`` (RetinaNet, FCOS), ``objectness``
 (RPN), ``cls_convs.<level>`` (SSD, softmax with background last), ``cls_score`` (the R-CNN
 box head, softmax with background last), ``predictors.<level>`` (YOLOv3: objectness and
-class channels of each anchor's ``5 + C`` outputs).
+class channels of each anchor's ``5 + C`` outputs), ``tl_heat``/``br_heat`` (CornerNet's
+corner heatmaps).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def find_class_branches(model: nn.Module) -> list[ClassBranch]:
             branches.append(
                 ClassBranch(name, _output_layer(module), "softmax", num_classes + 1, slice(None))
             )
+        elif last in ("tl_heat", "br_heat") and isinstance(module, nn.Sequential):
+            branches.append(ClassBranch(name, module[-1], "sigmoid", 1, slice(None)))
         elif last == "cls_score" and isinstance(module, nn.Linear):
             branches.append(ClassBranch(name, module, "softmax", module.out_features, slice(None)))
         elif re.search(r"(^|\.)predictors\.\d+$", name) and num_classes:
@@ -93,7 +96,7 @@ def find_class_branches(model: nn.Module) -> list[ClassBranch]:
     if not branches:
         raise ValueError(
             f"analyze init: no classification layer this probe knows in {type(model).__name__} "
-            "(looked for cls_logits, objectness, cls_convs.N, cls_score, predictors.N)"
+            "(looked for cls_logits, objectness, cls_convs.N, cls_score, predictors.N, tl_heat)"
         )
     return branches
 
