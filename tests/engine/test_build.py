@@ -84,6 +84,22 @@ def test_model_from_checkpoint_reads_the_config_the_checkpoint_carries(
     assert same_weights(model.state_dict(), state["ema"]["model"])
 
 
+def test_a_checkpoint_trained_on_a_gpu_loads_where_there_is_none(tmp_path: Path, ema_checkpoint):
+    """The saved ``device: cuda`` is the training machine's: reading the checkpoint on a
+    CPU-only machine must not be refused by the config's device check."""
+    path, cfg = ema_checkpoint
+    state = load_checkpoint(path)
+    raw = yaml.safe_load(config_to_yaml(cfg))
+    raw["device"] = "cuda:7"  # a card no machine running the tests has
+    state["config"] = raw
+    save_checkpoint(tmp_path / "gpu.pt", state)
+    model, loaded = build.model_from_checkpoint(tmp_path / "gpu.pt")
+    assert loaded.device == "auto"
+    assert same_weights(model.state_dict(), state["ema"]["model"])
+    _, chosen = build.model_from_checkpoint(tmp_path / "gpu.pt", overrides=["device=cpu"])
+    assert chosen.device == "cpu"
+
+
 def test_model_from_checkpoint_without_any_config_names_the_file(tmp_path: Path, ema_checkpoint):
     path, _ = ema_checkpoint
     state = load_checkpoint(path)

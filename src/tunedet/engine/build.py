@@ -103,6 +103,9 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path, overrides: A
     """The validated config that checkpoint ``state`` carries, with dotted ``overrides``
     applied; ``CheckpointError`` naming ``path`` when it carries none."""
     raw = checkpoint_config(state, path)
+    # The device a run trained on is not the reader's: a checkpoint trained on a GPU
+    # loads on a CPU-only machine (``device=...`` among the overrides still wins).
+    raw["device"] = "auto"
     # ``data=PATH`` first, as load_config does: it sets model.num_classes
     first = [o for o in overrides if o.split("=", 1)[0].strip() == "data"]
     for override in [*first, *(o for o in overrides if o not in first)]:
