@@ -1,5 +1,5 @@
 """Runs never overwrite each other or the user's files, through ``tunedet train``: two
-configs that inherit one ``work_dir`` are both kept whole, ``--resume`` refuses another
+configs that name one ``work_dir`` are both kept whole, ``--resume`` refuses another
 config before writing anything, ``--work-dir`` at the folder of the user's own
 ``config.yaml`` leaves it alone; every run has ``last.pt`` and ``best.pt``; a bit-flipped
 checkpoint is skipped like a truncated one; the final checkpoint is written once."""
@@ -47,14 +47,29 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def user_config(folder: Path, name: str, lr: float) -> Path:
-    """A user's config inheriting the demo recipe (and with it ``work_dir: runs/demo``)."""
+    """A user's config on the demo recipe that names the demo's run folder ``runs/demo``."""
     path = folder / f"{name}.yaml"
     base = BUILTIN_CONFIG_DIR / "retinanet" / "demo.yaml"
-    path.write_text(f"# {name}: my own comment\n_base_: {base}\noptim: {{lr: {lr}}}\n")
+    path.write_text(
+        f"# {name}: my own comment\n_base_: {base}\nwork_dir: runs/demo\noptim: {{lr: {lr}}}\n"
+    )
     return path
 
 
-def test_two_configs_inheriting_one_work_dir_are_both_kept_whole(
+def test_a_config_on_a_base_runs_in_a_folder_of_its_own_name(tmp_path: Path):
+    """A base's ``work_dir`` is not inherited: ``mine.yaml`` on the demo recipe gets
+    ``runs/mine`` (the CLI's default), not the demo's ``runs/demo``."""
+    from tunedet.cli.main import run_dir_for
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("_base_: retinanet/demo\noptim: {lr: 0.003}\n")
+    cfg = load_config(path)
+    assert cfg.work_dir is None
+    assert run_dir_for(cfg, str(path), None) == Path("runs") / "mine"
+    assert load_config("retinanet/demo").work_dir == "runs/demo"  # a config's own key stays
+
+
+def test_two_configs_with_one_work_dir_are_both_kept_whole(
     tmp_path: Path, tiny_demo: list[str], monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)

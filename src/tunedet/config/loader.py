@@ -216,7 +216,11 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     resolve_data_paths(data, path)
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = merge(merged, load_raw(_base_path(path, base), (*_chain, path)))
+        inherited = load_raw(_base_path(path, base), (*_chain, path))
+        # A base's run folder is the base's own (mmdetection's work_dirs/<config name>):
+        # a config that does not set work_dir runs in runs/<its file name>.
+        inherited.pop("work_dir", None)
+        merged = merge(merged, inherited)
     merged = merge(merged, data)
     if source is not None:
         explicit = (
