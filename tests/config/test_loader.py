@@ -225,3 +225,19 @@ def test_num_classes_is_taken_from_the_data_and_a_contradiction_refused():
     assert "model.num_classes is 2 but data.train (synthetic) has 3 classes" in message
     with pytest.raises(ConfigError, match=r"model\.num_classes: .*less than or equal to 100000"):
         load_config(DEMO, ["model.num_classes=100000000"])  # refused before any allocation
+
+
+def test_a_dotted_override_into_a_default_component_keeps_its_type_and_defaults():
+    """``model.roi_head.cls_loss`` is Faster R-CNN's default ``softmax_ce``: one key of it
+    overridden keeps that type, and the sampler keeps its other default settings."""
+    cfg = load_config(
+        "faster_rcnn/demo",
+        ["model.roi_head.cls_loss.label_smoothing=0.2", "model.roi_head.sampler.num=128"],
+    )
+    assert cfg.model.roi_head.cls_loss.type == "softmax_ce"
+    assert cfg.model.roi_head.cls_loss.label_smoothing == 0.2
+    sampler = cfg.model.roi_head.sampler
+    assert (sampler.type, sampler.num, sampler.pos_fraction) == ("random", 128, 0.25)
+    assert sampler.add_gt_as_proposals is True  # the head's default, not the sampler's own
+    with pytest.raises(ConfigError, match=r"model\.roi_head\.sampler\.foo: unknown key"):
+        load_config("faster_rcnn/demo", ["model.roi_head.sampler.foo=1"])

@@ -71,15 +71,35 @@ def component_model(kind: str, name: str) -> type[BaseModel]:
         default = defaults.get(slot, ...)
         fields[slot] = (component_union(slot), default)
     model_name = "".join(part.capitalize() for part in f"{name}_{kind}".split("_"))
+    defaults = getattr(entry.target, "default_components", {})
     model = create_model(
         model_name,
         __config__=STRICT,
         __doc__=entry.description,
+        __validators__={"_fill_default_types": _default_type_filler(defaults)},
         type=(Literal[name], name),
         **fields,
     )
     model.registry_kind = kind  # read by the error messages ("unknown assigner 'atts'")
     return model
+
+
+def _default_type_filler(defaults: dict[str, dict[str, Any]]) -> Any:
+    """A before-validator: a component slot given without ``type`` (a dotted override
+    such as ``model.roi_head.cls_loss.label_smoothing=0.2`` into a default component) is
+    that default component with the given keys on top."""
+
+    def fill(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        for slot, default in defaults.items():
+            given = filled.get(slot)
+            if isinstance(given, dict) and "type" not in given:
+                filled[slot] = {**default, **given}
+        return filled
+
+    return model_validator(mode="before")(fill)
 
 
 @functools.cache
