@@ -27,6 +27,7 @@ def test_train_returns_the_run_directory_and_final_metrics(trained):
     run_dir, metrics = trained
     assert latest_checkpoint(run_dir) is not None
     assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "report.html").is_file()  # as tunedet train writes it
     assert {"AP", "AP50"} <= set(metrics) and all(np.isfinite(list(metrics.values())))
 
 

@@ -177,13 +177,18 @@ class Detector:
 
 
 def train(
-    config: str | os.PathLike, work_dir: str | os.PathLike | None = None, **overrides: Any
+    config: str | os.PathLike,
+    work_dir: str | os.PathLike | None = None,
+    report: bool = True,
+    **overrides: Any,
 ) -> tuple[Path, dict[str, float]]:
     """Train ``config`` (a path or built-in name) with dotted ``overrides`` given as keyword
     arguments (``**{"optim.lr": 0.01}``, or ``max_iters`` style top-level keys; values are
-    YAML-parsed strings or Python values) and return ``(run directory, final metrics)``."""
+    YAML-parsed strings or Python values) and return ``(run directory, final metrics)``.
+    ``report``: write the run's ``report.html``, as ``tunedet train`` does."""
     import json
 
+    from tunedet.analysis.report import write_report
     from tunedet.cli.main import run_dir_for
     from tunedet.config.loader import load_config
     from tunedet.engine.trainer import Trainer
@@ -196,4 +201,6 @@ def train(
     run_dir = run_dir_for(cfg, str(config), None if work_dir is None else str(work_dir))
     trainer = Trainer(cfg, run_dir)
     metrics = trainer.train()
+    if report:
+        write_report(trainer, metrics)
     return Path(getattr(trainer, "run_dir", run_dir)), dict(metrics or {})
