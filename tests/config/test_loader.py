@@ -167,9 +167,11 @@ def test_relative_data_paths_resolve_against_the_yaml_that_names_them(tmp_path: 
 
 
 def test_shipped_trees_config_finds_its_data_from_any_directory(tmp_path: Path, monkeypatch):
+    trees = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "trees"
+    if not trees.is_dir():
+        pytest.skip(f"the trees data is not beside the repository ({trees} missing)")
     monkeypatch.chdir(tmp_path)
     cfg = load_config("trees/retinanet_tiles")
-    trees = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "trees"
     assert Path(cfg.data.train.root) == trees.resolve()
 
 
