@@ -67,7 +67,6 @@ REFUSED = {
     ("assign", "mask_rcnn"): "two stages",
     ("anchors", "cornernet"): "has no anchors",  # corner heatmaps, no anchor generator
     ("assign", "cornernet"): "has no anchors",
-    ("init", "cornernet"): "no classification layer",
     ("assign", "fsaf"): "exposes no assign_targets",  # online feature selection in its loss
 }
 
