@@ -112,8 +112,21 @@ def test_scale_momentum_rescales_the_buffers_by_old_lr_over_new_lr(tmp_path: Pat
 
 
 def test_without_a_bar_each_log_interval_prints_one_plain_line(tmp_path: Path, capsys):
+    """``train.progress`` on, but stderr is no terminal (a log file): plain lines for
+    training, and no bar from the evaluation either."""
     lines: list[str] = []
-    cfg = load_config("retinanet/demo", [*TINY, "train.max_iters=4", "train.log_every=2"])
+    with_val = [o for o in TINY if o not in ("data.val=null", "train.progress=false")]
+    cfg = load_config(
+        "retinanet/demo",
+        [
+            *with_val,
+            "data.val.num_images=2",
+            "data.val.image_size=64",
+            "train.progress=true",
+            "train.max_iters=4",
+            "train.log_every=2",
+        ],
+    )
     Trainer(cfg, tmp_path, log=lines.append).train()
     progress = [line for line in lines if line.startswith("iter ")]
     assert [line.split()[1] for line in progress] == ["2/4", "4/4"]

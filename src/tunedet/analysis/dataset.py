@@ -47,7 +47,7 @@ def dataset_boxes(dataset: Any, max_images: int) -> tuple[list[np.ndarray], list
     if hasattr(dataset, "geometry"):  # SyntheticShapes
         pairs = [dataset.geometry(i) for i in indices]
         return [b for b, _ in pairs], [lab for _, lab in pairs]
-    samples = [dataset[i] for i in tqdm(indices, desc="reading items", leave=False)]
+    samples = [dataset[i] for i in tqdm(indices, desc="reading items", leave=False, disable=None)]
     return [s["boxes"] for s in samples], [s["labels"] for s in samples]
 
 

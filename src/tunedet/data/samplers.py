@@ -75,7 +75,7 @@ def dataset_sizes_and_labels(dataset) -> tuple[list[tuple[int, int]], list[np.nd
         labels = [dataset.geometry(i)[1] for i in range(len(dataset))]
         return [(side, side)] * len(dataset), labels
     sizes, labels = [], []
-    for i in tqdm(range(len(dataset)), desc="reading sizes and labels", leave=False):
+    for i in tqdm(range(len(dataset)), desc="reading sizes and labels", leave=False, disable=None):
         sample = dataset[i]
         sizes.append(tuple(int(v) for v in np.shape(sample["image"])[:2]))
         labels.append(np.asarray(sample["labels"], np.int64))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from tunedet.engine import distributed
 from tunedet.engine.build import eval_loader
+from tunedet.engine.progress import bars_enabled
 from tunedet.engine.sliced_inference import sliced_predict_dataset
 from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
 
@@ -101,7 +102,7 @@ def predict_dataset(
     label_to_category = sorted(c["id"] for c in gt["categories"])
     model.eval()
     results: list[dict] = []
-    show = cfg.train.progress and rank == 0
+    show = bars_enabled(cfg.train.progress) and rank == 0  # no bar into a log file
     for index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not show)):
         batch = batch.to(device)
         predictions = model.predict(batch.images, batch.image_sizes)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from tunedet.data.loader import collate_detection
 from tunedet.data.tiling import make_tiles
+from tunedet.engine.progress import bars_enabled
 
 
 def pairwise_match(box: torch.Tensor, boxes: torch.Tensor, metric: str) -> torch.Tensor:
@@ -187,7 +188,7 @@ def sliced_predict_dataset(
     model.eval()
     results: list[dict] = []
     indices = range(rank, len(dataset), world_size)
-    show = cfg.train.progress and rank == 0
+    show = bars_enabled(cfg.train.progress) and rank == 0  # no bar into a log file
     for local, index in enumerate(tqdm(indices, desc="sliced eval", leave=False, disable=not show)):
         sample = dataset[index]
         pred = sliced_predict(
