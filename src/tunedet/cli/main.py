@@ -220,10 +220,11 @@ def new_numbered_dir(base: Path) -> Path:
     """Create and return ``base``, or ``base2``, ``base3``, ... the first that does not exist
     (``mkdir`` without ``exist_ok``: two runs at once never share one); a name ending in a
     digit takes ``_`` as run directories do (``exp1``, ``exp1_2``)."""
+    from tunedet.engine.run_dir import numbered_path
+
     base.parent.mkdir(parents=True, exist_ok=True)
-    sep = "_" if base.name[-1:].isdigit() else ""
     for number in range(1, 10_000):
-        path = base if number == 1 else base.with_name(f"{base.name}{sep}{number}")
+        path = numbered_path(base, number)
         try:
             path.mkdir()
         except FileExistsError:

@@ -135,7 +135,7 @@ def write_run_config(folder: str | os.PathLike, config_yaml: str, run_id: str) -
     return path
 
 
-def _numbered(path: Path, number: int) -> Path:
+def numbered_path(path: Path, number: int) -> Path:
     """``runs/demo`` → ``runs/demo2``; a name ending in a digit takes ``_``: ``trial_3_2``."""
     if number == 1:
         return path
@@ -172,7 +172,7 @@ def choose_run_dir(
         return RunDirectory(requested, resume=True)
     number = 1
     while True:
-        path = _numbered(requested, number)
+        path = numbered_path(requested, number)
         if not path.exists() or (path.is_dir() and not any(path.iterdir())):
             break
         saved = saved_run_config(path) if path.is_dir() else None
