@@ -52,17 +52,10 @@ def load_model(
     checkpoint's own unless ``config`` (a path or built-in name) is given; ``device``
     ("auto", "cpu", "cuda:1", ...) replaces the config's. EMA weights when the run had EMA;
     ``model.classes`` holds the class names."""
-    from tunedet.config.loader import load_config
-    from tunedet.engine.build import config_from_checkpoint, model_on_device
-    from tunedet.engine.checkpoint import load_checkpoint
+    from tunedet.engine.build import config_for_checkpoint, model_on_device
 
     overrides = [*overrides, *([f"device={device}"] if device is not None else [])]
-    state = None
-    if config is None:
-        state = load_checkpoint(checkpoint, map_location="cpu")
-        cfg = config_from_checkpoint(state, checkpoint, overrides)
-    else:
-        cfg = load_config(config, overrides)
+    cfg = config_for_checkpoint(checkpoint, config, overrides)
     model, device = model_on_device(cfg, checkpoint)
     return model, cfg, device
 

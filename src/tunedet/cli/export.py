@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tunedet.cli.main import checkpoint_and_config, config_for_checkpoint, refuse_existing
+    from tunedet.cli.main import checkpoint_and_config, refuse_existing
     from tunedet.deploy import fold_conv_bn
-    from tunedet.engine.build import model_on_device
+    from tunedet.engine.build import config_for_checkpoint, model_on_device
 
     checkpoint, config = checkpoint_and_config(args)
     end_to_end = args.format == "onnx" and not args.raw

@@ -112,6 +112,7 @@ def _print_evaluation(
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunedet.data.build import build_dataset
+    from tunedet.engine.build import config_for_checkpoint
     from tunedet.engine.evaluator import evaluate_results, predict_dataset
     from tunedet.evaluation import detection_metrics
     from tunedet.evaluation.coco import (
@@ -355,17 +356,6 @@ def checkpoint_and_config(args: argparse.Namespace) -> tuple[str, str | None]:
     if Path(args.target).suffix.lower() in (".yaml", ".yml"):
         raise ValueError(f"{args.target} is a config: pass the checkpoint too (--checkpoint CKPT)")
     return args.target, args.config
-
-
-def config_for_checkpoint(checkpoint: str, config: str | None, overrides: list[str]):
-    """The config of ``checkpoint``: ``config`` (a path or built-in name) when given, else
-    the one the checkpoint carries; dotted ``overrides`` applied."""
-    if config is not None:
-        return _load(config, overrides)
-    from tunedet.engine.build import config_from_checkpoint
-    from tunedet.engine.checkpoint import load_checkpoint
-
-    return config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

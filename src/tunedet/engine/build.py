@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tunedet.config.loader import apply_override, validate
+from tunedet.config.loader import apply_override, load_config, validate
 from tunedet.data.build import build_loader, build_train_sampler
 from tunedet.data.classes import check_dataset_classes, resolve_num_classes
 from tunedet.engine.checkpoint import (
@@ -114,6 +114,16 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path, overrides: A
     cfg = validate(raw, source=source)
     resolve_num_classes(cfg, source=source)
     return cfg
+
+
+def config_for_checkpoint(
+    checkpoint: str | Path, config: str | Path | None = None, overrides: Any = ()
+) -> Any:
+    """The config of ``checkpoint``: ``config`` (a path or built-in name) when given, else
+    the one the checkpoint carries; dotted ``overrides`` applied."""
+    if config is not None:
+        return load_config(str(config), list(overrides))
+    return config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
 
 
 def model_from_checkpoint(
