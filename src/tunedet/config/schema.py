@@ -212,7 +212,11 @@ class TrainConfig(Section):
     resume: bool = True
     progress: bool = True
     accumulate: Annotated[int, Field(ge=1)] = 1
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # mixed precision (engine/amp.py): auto = bf16 where the device has native bf16 and
+    # the detector type was measured to keep its AP in it (docs/PERFORMANCE.md), else fp32
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    # torch.compile of the loss computation (model + loss; the first steps compile)
+    compile: bool = False
     # NHWC memory order for the model and the training batches (torch.channels_last):
     # oneDNN's depthwise and BN kernels prefer it (SSD-lite trains faster on CPU; see
     # docs/PERFORMANCE.md); checkpoints are the same either way

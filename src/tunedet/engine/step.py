@@ -33,7 +33,9 @@ Losses = dict[str, torch.Tensor]
 
 class DetectorLoss:
     """``loss(batch) -> {term: scalar}``: the detector's loss terms on a ``DetectionBatch``
-    (through DDP when given, under autocast of ``amp``), plus the distillation term."""
+    (through DDP when given, under autocast of ``amp``), plus the distillation term.
+    ``loss``: what computes the terms instead of ``model.loss`` (``torch.compile`` of it
+    for ``train.compile``)."""
 
     def __init__(
         self,
@@ -42,18 +44,39 @@ class DetectorLoss:
         amp_device: str = "cpu",
         ddp: Any = None,
         distiller: Any = None,
+        loss: Callable[..., Losses] | None = None,
     ):
         self.model, self.amp, self.amp_device = model, amp, amp_device
         self.ddp, self.distiller = ddp, distiller
+        self.loss = loss
 
     def __call__(self, batch: Any) -> Losses:
-        compute = self.ddp if self.ddp is not None else self.model.loss
+        if self.ddp is not None:
+            compute = self.ddp
+        else:
+            compute = self.loss if self.loss is not None else self.model.loss
         extras = loss_extras(self.model, batch)
         with autocast(self.amp, self.amp_device):
             losses = compute(batch.images, batch.gt_boxes, batch.gt_labels, **extras)
             if self.distiller is not None:
                 losses = {**losses, "distill": self.distiller.loss(batch.images)}
         return losses
+
+
+def compile_loss(model: nn.Module) -> Callable[..., Losses]:
+    """``torch.compile`` of ``model.loss`` (``train.compile``). The assignment and the
+    losses select positives with boolean masks, whose output sizes depend on the data;
+    Dynamo would split the computation into a graph per mask (eleven breaks in
+    RetinaNet's loss), so such ops are captured in the graph instead."""
+    compiled = torch.compile(model.loss)
+
+    def loss(*args: Any, **kwargs: Any) -> Losses:
+        with torch._dynamo.config.patch(
+            capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True
+        ):
+            return compiled(*args, **kwargs)
+
+    return loss
 
 
 class OptimizerStep:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from tunedet.config.loader import config_to_yaml
 from tunedet.data.build import build_dataset
 from tunedet.engine import distributed
-from tunedet.engine.amp import check_amp, grad_scaler, model_device
+from tunedet.engine.amp import check_amp, grad_scaler, model_device, resolve_amp
 from tunedet.engine.best_checkpoint import check_best_metric
 from tunedet.engine.build import (
     UNBOUNDED_ITERS,
@@ -61,10 +61,12 @@ from tunedet.engine.metrics_log import JSONLLogger, MetricsLoggers, TensorBoardL
 from tunedet.engine.progress import bars_enabled
 from tunedet.engine.resume import resume_run
 from tunedet.engine.run_dir import choose_run_dir, saved_run_id, write_run_config
-from tunedet.engine.step import DetectorLoss, OptimizerStep
+from tunedet.engine.step import DetectorLoss, OptimizerStep, compile_loss
 from tunedet.engine.time_budget import TimeBudget
 
 __all__ = ["EarlyStopping", "Trainer", "predict_dataset", "resolve_device", "seed_everything"]
+
+_PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
@@ -123,8 +125,11 @@ class Trainer:
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp_device = model_device(self.model)
-        check_amp(train.amp, self.amp_device)
-        self.scaler = grad_scaler(train.amp, self.amp_device)
+        self.amp, why = resolve_amp(train.amp, self.amp_device, cfg.model.type)
+        check_amp(self.amp, self.amp_device)
+        self.log(f"precision: {_PRECISION_NAMES[self.amp]} ({why})")
+        self.scaler = grad_scaler(self.amp, self.amp_device)
+        self.compiled_loss = compile_loss(self.model) if train.compile else None
         self.accumulate = train.accumulate
         # data.batch_size is per process: one step sees batch_size · world_size · accumulate
         # images, the batch of the linear scaling rule (build.effective_batch).
@@ -252,8 +257,9 @@ class Trainer:
 
     def _micro_losses(self, batch: Any) -> dict[str, torch.Tensor]:
         """The loss terms of one batch (``step.DetectorLoss`` of the current parts)."""
-        amp = self.cfg.train.amp
-        return DetectorLoss(self.model, amp, self.amp_device, self.ddp, self.distiller)(batch)
+        return DetectorLoss(
+            self.model, self.amp, self.amp_device, self.ddp, self.distiller, self.compiled_loss
+        )(batch)
 
     def _step(self, loader: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
         """One optimizer step over ``accumulate`` batches (``engine.step``); returns the mean
