@@ -14,7 +14,8 @@ not timed), after ``--warmup`` steps; median of ``--steps`` steps. Variants: ``f
 the loss, whose one-off compilation time is shown apart). FLOPs per step: 3 × the
 forward FLOPs of the loss computation counted by ``torch.utils.flop_counter`` (a
 convolution's or matmul's backward is two products of the forward's size; counting the
-backward directly would over-count grouped convolutions, see analysis/flops.py).
+backward directly would over-count grouped convolutions, see analysis/flops.py); sparse
+products (the R-CNN family's RoIAlign matrices) are left out.
 Peak: the median GFLOP/s of a 2048 × 2048 × 2048 ``torch.mm`` in that precision, measured
 in the same run with the same threads. ``--accuracy`` trains each config for its full
 schedule (``tunedet train``, amp none vs bf16, each seed) and prints COCO AP and AP50
@@ -41,6 +42,17 @@ from tunedet.engine import build
 from tunedet.engine.step import DetectorLoss, OptimizerStep, compile_loss
 
 VARIANTS = ("fp32", "bf16", "fp32+nhwc", "bf16+nhwc", "fp32+compile", "bf16+compile")
+
+
+class DenseFlopCounter(FlopCounterMode):
+    """``FlopCounterMode`` without products that have a sparse operand (the R-CNN
+    family's sparse RoIAlign matrices would count as dense ones)."""
+
+    def _count_flops(self, func_packet, out, args, kwargs):
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if any(isinstance(t, torch.Tensor) and t.layout != torch.strided for t in leaves):
+            return out
+        return super()._count_flops(func_packet, out, args, kwargs)
 
 
 def demo_configs() -> list[str]:
@@ -77,7 +89,7 @@ class StepBench:
     def step_flops(self) -> float:
         """3 × forward FLOPs of the loss on one batch (module docstring)."""
         self.model.train()
-        counter = FlopCounterMode(display=False)
+        counter = DenseFlopCounter(display=False)
         with counter, torch.no_grad():
             DetectorLoss(self.model)(self.batches[0])
         return 3.0 * counter.get_total_flops()

@@ -98,6 +98,25 @@ def test_sparse_roi_align_equals_torchvision_roi_align_forward_and_backward(
     torch.testing.assert_close(result[1], expected[1], rtol=1e-12, atol=1e-12)
 
 
+def test_sparse_roi_align_runs_in_bf16_and_under_autocast_with_float32_products():
+    # MKL's sparse kernels have no bf16: the products run in float32, the result (and the
+    # feature's gradient) in the feature's dtype.
+    g = torch.Generator().manual_seed(5)
+    feature = torch.randn(2, 8, 16, 16, generator=g)
+    rois = torch.cat([torch.tensor([[0.0], [1.0], [1.0]]), random_boxes(g, 3, 64, 64)], 1)
+    expected = roi_align(feature, rois, 7, 0.25, 2, True)
+    half = feature.to(torch.bfloat16).requires_grad_()
+    out = roi_align_sparse(half, rois, 7, 0.25, 2, True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert half.grad.dtype == torch.bfloat16 and torch.isfinite(half.grad.float()).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = roi_align_sparse(feature, rois, 7, 0.25, 2, True)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("impl", ["sparse", "auto"])
 def test_multi_level_roi_align_impls_equal_the_torchvision_impl(impl):
     g = torch.Generator().manual_seed(3)

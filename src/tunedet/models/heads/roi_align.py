@@ -24,8 +24,10 @@ torchvision's speed, and dropped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -102,6 +104,16 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
         return coo.to_sparse_csr()
 
 
+@contextlib.contextmanager
+def _sparse_precision(tensor: Tensor) -> Iterator[torch.dtype]:
+    """The dtype for the sparse products on ``tensor``: its own in float32/float64,
+    float32 for bf16/fp16 (MKL's sparse kernels have no half types), with autocast off
+    (it would cast the product back to half)."""
+    dtype = tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast(tensor.device.type, enabled=False):
+        yield dtype
+
+
 class _SparseRoIAlign(torch.autograd.Function):
     """``roi_align`` through ``roi_align_matrix``: forward ``A @ F``, backward ``Aᵀ @ G``
     (sparse × dense products over channels-last maps)."""
@@ -115,16 +127,21 @@ class _SparseRoIAlign(torch.autograd.Function):
         shape = (len(rois) * output_size**2, num_images * height * width)
         ctx.save_for_backward(bins, pixels, weights)
         ctx.shapes = shape, feature.shape, output_size
+        ctx.dtype = feature.dtype
         dense = feature.permute(0, 2, 3, 1).reshape(shape[1], channels)
-        out = _csr(bins, pixels, weights.to(feature.dtype), shape) @ dense
+        with _sparse_precision(feature) as dtype:
+            out = _csr(bins, pixels, weights.to(dtype), shape) @ dense.to(dtype)
+        out = out.to(feature.dtype)
         return out.view(len(rois), output_size, output_size, channels).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
         bins, pixels, weights = ctx.saved_tensors
         shape, (num_images, channels, height, width), size = ctx.shapes
-        transposed = _csr(pixels, bins, weights.to(grad.dtype), (shape[1], shape[0]))
-        grad = transposed @ grad.permute(0, 2, 3, 1).reshape(shape[0], channels)
+        grad = grad.permute(0, 2, 3, 1).reshape(shape[0], channels)
+        with _sparse_precision(grad) as dtype:
+            transposed = _csr(pixels, bins, weights.to(dtype), (shape[1], shape[0]))
+            grad = (transposed @ grad.to(dtype)).to(ctx.dtype)
         grad = grad.view(num_images, height, width, channels).permute(0, 3, 1, 2)
         return grad, None, None, None, None, None
 
