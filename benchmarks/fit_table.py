@@ -17,6 +17,10 @@ Rows per dataset and seed:
 
     python benchmarks/fit_table.py --root /tmp/fit_suite --budget 15 --seeds 0,1 \\
         [--only trees,digits] [--yolo-python /tmp/yv/bin/python] [--threads 2]
+
+Each finished row is kept in its run folder (``row.json``, with the budget and threads it
+was measured at) and reused by a later run of the same command, so the table can be
+filled over several sessions; a verdict table per dataset follows the rows.
 """
 
 from __future__ import annotations
@@ -199,12 +203,14 @@ def main() -> None:
     suite = write_suite(args.root, names)
     print("| dataset | seed | method | AP | AP50 | iterations | minutes |", flush=True)
     print("|---|---|---|---|---|---|---|", flush=True)
+    rows = []
     for name, paths in suite.items():
         for seed in (int(s) for s in args.seeds.split(",")):
             for method in methods:
-                row = run_method(method, name, paths, seed, args)
+                row = cached_row(method, name, paths, seed, args)
                 if row is None:
                     continue
+                rows.append({**row, "dataset": name, "seed": seed, "method": method})
                 iters = "" if row["iters"] is None else str(row["iters"])
                 print(
                     f"| {name} | {seed} | {method} | {row['AP']:.3f} | {row['AP50']:.3f} | "
@@ -213,6 +219,57 @@ def main() -> None:
                 )
                 if row.get("note"):
                     print(f"<!-- {name} seed {seed}: {row['note']} -->", flush=True)
+    print_verdict(rows)
+
+
+def cached_row(method: str, name: str, paths: dict, seed: int, args: argparse.Namespace):
+    """A row measured before at this budget and thread count (``row.json`` in its run
+    folder, so the table can be filled over several sessions), else measured now."""
+    cache = args.work_dir / name / str(seed) / method / "row.json"
+    key = {"budget": args.budget, "threads": args.threads}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["row"]
+    row = run_method(method, name, paths, seed, args)
+    if row is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "row": row}))
+    return row
+
+
+def print_verdict(rows: list[dict]) -> None:
+    """The issue's targets per dataset (means over the seeds run): fit ≥ demo, fit within
+    5 % of the hand recipe, fit ≥ YOLOv8n; and fit / YOLOv8n AP over the datasets."""
+    means: dict[tuple[str, str], dict[str, float]] = {}
+    for dataset, method in {(r["dataset"], r["method"]) for r in rows}:
+        mine = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+        means[dataset, method] = {
+            key: sum(r[key] for r in mine) / len(mine) for key in ("AP", "AP50")
+        }
+    print("\n| dataset | fit AP | ≥ demo | within 5 % of hand | ≥ YOLOv8n | fit / YOLOv8n AP |")
+    print("|---|---|---|---|---|---|")
+    ratios = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        fit = means.get((dataset, "fit"))
+        if fit is None:
+            continue
+        checks = []
+        for method, factor in (("demo", 1.0), ("hand", 0.95), ("yolov8n", 1.0)):
+            other = means.get((dataset, method))
+            checks.append(
+                "—" if other is None else "yes" if fit["AP"] >= factor * other["AP"] else "no"
+            )
+        ratio = ""
+        yolo = means.get((dataset, "yolov8n"))
+        if yolo is not None and yolo["AP"] > 0:
+            ratios.append(fit["AP"] / yolo["AP"])
+            ratio = f"{ratios[-1]:.2f}"
+        print(f"| {dataset} | {fit['AP']:.3f} | {' | '.join(checks)} | {ratio} |")
+    if ratios:
+        print(
+            f"\nmean fit / YOLOv8n AP over {len(ratios)} datasets: {sum(ratios) / len(ratios):.2f}"
+        )
 
 
 def run_method(method: str, name: str, paths: dict, seed: int, args: argparse.Namespace):
