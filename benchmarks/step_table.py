@@ -18,8 +18,9 @@ backward directly would over-count grouped convolutions, see analysis/flops.py);
 products (the R-CNN family's RoIAlign matrices) are left out.
 Peak: the median GFLOP/s of a 2048 × 2048 × 2048 ``torch.mm`` in that precision, measured
 in the same run with the same threads. ``--accuracy`` trains each config for its full
-schedule (``tunedet train``, amp none vs bf16, each seed) and prints COCO AP and AP50
-with the per-family difference; finished runs are reused from ``--work-dir``.
+schedule (``tunedet train``, amp none vs bf16, each seed; ``--jobs`` runs side by side
+with ``--threads`` each) and prints COCO AP and AP50 with the per-config difference;
+finished runs are reused from ``--work-dir``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -181,37 +183,47 @@ def run_profile(name: str, variant: str, steps: int) -> None:
 
 
 def run_accuracy(args: argparse.Namespace) -> None:
+    """Train every (config, seed, amp) not yet in ``--work-dir``, ``--jobs`` at a time
+    (each with ``--threads``), then print the rows and the per-config comparison."""
     work = Path(args.work_dir)
+    amps = ("none",) if args.fp32_only else ("none", "bf16")
+    runs = [(name, seed, amp) for name in args.configs for seed in args.seeds for amp in amps]
+
+    def train(run: tuple[str, int, str]) -> None:
+        name, seed, amp = run
+        folder = work / f"{name}_{amp}_s{seed}"
+        if (folder / "metrics.json").exists():
+            return
+        command = [
+            sys.executable, "-m", "tunedet", "train", f"{name}/demo",
+            f"train.amp={amp}", f"seed={seed}", f"work_dir={folder}",
+            "train.progress=false", f"threads={args.threads}",
+        ]  # fmt: skip
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+    if not args.no_train:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(train, runs))
     print("| config | amp | seed | AP | AP50 | train s |")
     print("|---|---|---|---|---|---|")
-    summary = {}
-    for name in args.configs:
-        for seed in args.seeds:
-            for amp in ("none",) if args.fp32_only else ("none", "bf16"):
-                run = work / f"{name}_{amp}_s{seed}"
-                if not (run / "metrics.json").exists():
-                    command = [
-                        sys.executable, "-m", "tunedet", "train", f"{name}/demo",
-                        f"train.amp={amp}", f"seed={seed}", f"work_dir={run}",
-                        "train.progress=false", f"threads={args.threads}",
-                    ]  # fmt: skip
-                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-                metrics = json.loads((run / "metrics.json").read_text())
-                rows = (run / "metrics.jsonl").read_text().splitlines()
-                seconds = max(json.loads(row).get("time", 0.0) for row in rows if row.strip())
-                ap = metrics.get("AP", metrics.get("bbox/AP"))
-                ap50 = metrics.get("AP50", metrics.get("bbox/AP50"))
-                summary.setdefault(name, {}).setdefault(amp, []).append((ap, ap50))
-                print(
-                    f"| {name} | {amp} | {seed} | {ap:.3f} | {ap50:.3f} | {seconds:.0f} |",
-                    flush=True,
-                )
+    summary: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for name, seed, amp in runs:
+        folder = work / f"{name}_{amp}_s{seed}"
+        if not (folder / "metrics.json").exists():  # --no-train: not run yet
+            continue
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows = (folder / "metrics.jsonl").read_text().splitlines()
+        seconds = max(json.loads(row).get("time", 0.0) for row in rows if row.strip())
+        ap = metrics.get("AP", metrics.get("bbox/AP"))
+        ap50 = metrics.get("AP50", metrics.get("bbox/AP50"))
+        summary.setdefault(name, {}).setdefault(amp, []).append((ap, ap50))
+        print(f"| {name} | {amp} | {seed} | {ap:.3f} | {ap50:.3f} | {seconds:.0f} |")
     print("\n| config | AP fp32 (mean) | AP bf16 (mean) | ΔAP | ΔAP50 | within ±0.01 |")
     print("|---|---|---|---|---|---|")
-    for name, runs in summary.items():
-        if "bf16" not in runs:
+    for name, by_amp in summary.items():
+        if "bf16" not in by_amp or "none" not in by_amp:
             continue
-        fp32, bf16 = runs["none"], runs["bf16"]
+        fp32, bf16 = by_amp["none"], by_amp["bf16"]
         ap32, ap16 = statistics.mean(r[0] for r in fp32), statistics.mean(r[0] for r in bf16)
         d50 = statistics.mean(r[1] for r in bf16) - statistics.mean(r[1] for r in fp32)
         verdict = "yes" if ap16 >= ap32 - 0.01 else "no"
@@ -227,6 +239,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--jobs", type=int, default=1, help="--accuracy runs side by side")
+    parser.add_argument("--no-train", action="store_true", help="--accuracy: table only")
     parser.add_argument("--fp32-only", action="store_true", help="--accuracy in fp32 only")
     parser.add_argument("--work-dir", default="/tmp/step_table_acc")
     parser.add_argument("--profile", metavar="CONFIG")
