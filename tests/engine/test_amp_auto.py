@@ -9,6 +9,7 @@ import torch
 
 from tunedet.config.loader import load_config
 from tunedet.engine import amp
+from tunedet.engine.step import CAPTURE_DATA_DEPENDENT
 from tunedet.engine.trainer import Trainer
 
 TINY = (
@@ -105,3 +106,19 @@ def test_compile_makes_every_step_run_the_compiled_loss(tmp_path: Path, monkeypa
 
     plain = Trainer(load_config("retinanet/demo", [*TINY, "train.max_iters=1"]), tmp_path / "b")
     assert plain.compiled_loss is None
+
+
+def test_compiled_loss_is_one_graph_without_breaks():
+    # Boolean-mask selections (assignment, positives) have data-dependent sizes: without
+    # capturing them, Dynamo splits RetinaNet's loss into 12 graphs.
+    from tunedet.data.build import build_dataset
+    from tunedet.engine import build
+
+    cfg = load_config("retinanet/demo", [*TINY, "train.max_iters=1"])
+    model = build.build_model(cfg, log=lambda *a: None)
+    batch = next(iter(build.train_loader(cfg, build_dataset(cfg.data.train))))
+    model.train()
+    with torch._dynamo.config.patch(**CAPTURE_DATA_DEPENDENT):
+        explained = torch._dynamo.explain(model.loss)(batch.images, batch.gt_boxes, batch.gt_labels)
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+    assert explained.graph_count == 1

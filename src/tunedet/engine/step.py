@@ -63,6 +63,11 @@ class DetectorLoss:
         return losses
 
 
+# Dynamo settings for the loss: data-dependent sizes (boolean masks, nonzero) and scalars
+# stay inside the graph instead of ending it
+CAPTURE_DATA_DEPENDENT = {"capture_dynamic_output_shape_ops": True, "capture_scalar_outputs": True}
+
+
 def compile_loss(model: nn.Module) -> Callable[..., Losses]:
     """``torch.compile`` of ``model.loss`` (``train.compile``). The assignment and the
     losses select positives with boolean masks, whose output sizes depend on the data;
@@ -71,9 +76,7 @@ def compile_loss(model: nn.Module) -> Callable[..., Losses]:
     compiled = torch.compile(model.loss)
 
     def loss(*args: Any, **kwargs: Any) -> Losses:
-        with torch._dynamo.config.patch(
-            capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True
-        ):
+        with torch._dynamo.config.patch(**CAPTURE_DATA_DEPENDENT):
             return compiled(*args, **kwargs)
 
     return loss
