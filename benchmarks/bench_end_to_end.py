@@ -26,8 +26,7 @@ import torch
 from tunedet.api import Detector
 from tunedet.config.loader import load_config
 from tunedet.deploy.end_to_end import export_end_to_end
-from tunedet.engine.checkpoint import load_checkpoint, load_model_state
-from tunedet.models import build_detector
+from tunedet.engine.build import build_model, model_from_checkpoint
 
 SIZES = ((512, 512), (480, 640), (1080, 1920), (3000, 4000))
 
@@ -47,11 +46,10 @@ def main() -> None:
     resize = f"data.val_transforms=[{{type: resize, size: {size}}}, {{type: normalize}}]"
     cfg = load_config(args.config, [resize])
     torch.manual_seed(cfg.seed)
-    model = build_detector(cfg.model.model_dump())
     if args.checkpoint:
-        state = load_checkpoint(args.checkpoint, map_location="cpu")
-        load_model_state(model, state["ema"]["model"] if "ema" in state else state["model"])
-    model.eval()
+        model, _ = model_from_checkpoint(args.checkpoint, "cpu", cfg=cfg)
+    else:
+        model = build_model(cfg, log=lambda *_: None).eval()
     eager = Detector(model, cfg, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"

@@ -4,7 +4,7 @@
         [--target 0.5] [--threads 2] [--only tunedet|torchvision]
 
 Both sides train on the same synthetic shapes (``retinanet/demo``'s ``data.train``: 128 px,
-hflip + normalize, batch 16, the same batch order from ``EpochBatchSampler``) and are
+hflip + normalize, batch 16, the same batches from ``engine.build.train_loader``) and are
 scored every ``--eval-every`` iterations on the same 200 validation images with the same
 COCO evaluator; the clock counts training only (evaluation time is printed beside it).
 
@@ -37,8 +37,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 
 from tunedet.config.loader import load_config
-from tunedet.data.build import build_dataset, build_loader
-from tunedet.data.samplers import EpochBatchSampler
+from tunedet.data.build import build_dataset
+from tunedet.engine.build import eval_settings, train_loader
 from tunedet.engine.evaluator import evaluate_results, predict_dataset
 from tunedet.engine.trainer import Trainer
 from tunedet.models.backbones.tiny_cnn import TinyCNN
@@ -131,10 +131,7 @@ def run_torchvision(cfg, eval_every: int, target: float, cap_s: float) -> dict:
         torchvision_retinanet(cfg.model.num_classes, widths, cfg.data.train.image_size)
     )
     train_set, val_set = build_dataset(cfg.data.train), build_dataset(cfg.data.val)
-    sampler = EpochBatchSampler(len(train_set), cfg.data.batch_size, seed=cfg.seed)
-    loader = iter(
-        build_loader(train_set, cfg.data.train_transforms, seed=cfg.seed, batch_sampler=sampler)
-    )
+    loader = iter(train_loader(cfg, train_set))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     warmup_iters, warmup_factor = 1000, 0.001
@@ -156,7 +153,9 @@ def run_torchvision(cfg, eval_every: int, target: float, cap_s: float) -> dict:
         if iteration % eval_every == 0:
             t0 = time.monotonic()
             metrics = evaluate_results(
-                val_set.coco_ground_truth(), predict_dataset(model, val_set, cfg, "cpu"), "coco"
+                val_set.coco_ground_truth(),
+                predict_dataset(model, val_set, eval_settings(cfg), "cpu"),
+                "coco",
             )
             model.train()
             state["eval_s"] += time.monotonic() - t0

@@ -23,25 +23,12 @@ import time
 import torch
 
 from tunedet.config.loader import load_config
-from tunedet.data.build import build_dataset, build_loader, build_train_sampler
-from tunedet.engine.optim import build_optimizer
-from tunedet.models import build_detector
-
-
-def loader_for(cfg, dataset, workers: int):
-    sampler = build_train_sampler(cfg.data, dataset, seed=cfg.seed)
-    return build_loader(
-        dataset,
-        cfg.data.train_transforms,
-        seed=cfg.seed,
-        batch_sampler=sampler,
-        num_workers=workers,
-        size_divisor=cfg.data.size_divisor,
-    )
+from tunedet.data.build import build_dataset
+from tunedet.engine.build import build_model, build_optimizer_for, train_loader
 
 
 def pipeline_rate(cfg, dataset, workers: int, batches: int) -> float:
-    it = iter(loader_for(cfg, dataset, workers))
+    it = iter(train_loader(cfg, dataset, num_workers=workers))
     next(it)  # warm-up: worker start, first decode
     start, images = time.perf_counter(), 0
     for _ in range(batches):
@@ -52,10 +39,10 @@ def pipeline_rate(cfg, dataset, workers: int, batches: int) -> float:
 
 
 def model_rate(cfg, dataset, steps: int) -> float:
-    model = build_detector(cfg.model.model_dump())
+    model = build_model(cfg, log=lambda *_: None)
     model.train()
-    optimizer = build_optimizer(model, cfg.optim.model_dump(), batch_size=cfg.data.batch_size)
-    it = iter(loader_for(cfg, dataset, 0))
+    optimizer = build_optimizer_for(cfg, model)
+    it = iter(train_loader(cfg, dataset, num_workers=0))
     batches = [next(it) for _ in range(min(steps, 4))]
     elapsed, images = 0.0, 0
     for step in range(3 + steps):

@@ -56,10 +56,11 @@ def score(cfg, model, test: Path) -> dict:
     import torch
 
     from tunedet.data.build import build_dataset
+    from tunedet.engine.build import eval_settings
     from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
     dataset = build_dataset(coco_spec(test))
-    results = predict_dataset(model, dataset, cfg, torch.device("cpu"))
+    results = predict_dataset(model, dataset, eval_settings(cfg), torch.device("cpu"))
     metrics = evaluate_results(dataset.coco_ground_truth(), results, "coco")
     return {"AP": metrics["AP"], "AP50": metrics["AP50"]}
 
@@ -104,8 +105,7 @@ def run_fit(
     paths: dict, run: Path, minutes: float, seed: int, threads: int, rank_check: bool = False
 ) -> dict:
     from tunedet.config.loader import load_config
-    from tunedet.engine.checkpoint import load_checkpoint, load_model_state
-    from tunedet.models import build_detector
+    from tunedet.engine.build import model_from_checkpoint
     from tunedet.tuning.fit import fit
 
     start = time.monotonic()
@@ -114,8 +114,7 @@ def run_fit(
     )
     wall = (time.monotonic() - start) / 60
     cfg = load_config(str(result.recipe), ["train.progress=false"])
-    model = build_detector(cfg.model.model_dump())
-    load_model_state(model, load_checkpoint(result.checkpoint, map_location="cpu")["model"])
+    model, _ = model_from_checkpoint(result.checkpoint, "cpu", cfg=cfg)  # as tunedet eval
     used = sum(result.timings.values()) / 60
     return {
         **score(cfg, model, paths["test"]),

@@ -83,7 +83,7 @@ def fitted_anchor_trick(cfg) -> Trick | None:
 def rescore(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     """COCO metrics of ``run_dir``'s final weights under its config plus ``overrides``."""
     from tunedet.data.build import build_dataset
-    from tunedet.engine.build import model_from_checkpoint, resolve_device
+    from tunedet.engine.build import eval_settings, model_from_checkpoint, resolve_device
     from tunedet.engine.checkpoint import latest_checkpoint
     from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
@@ -91,7 +91,7 @@ def rescore(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     device = resolve_device(cfg.device)
     model, _ = model_from_checkpoint(latest_checkpoint(run_dir), device, cfg=cfg)
     dataset = build_dataset(cfg.data.val)
-    results = predict_dataset(model, dataset, cfg, device)
+    results = predict_dataset(model, dataset, eval_settings(cfg), device)
     return evaluate_results(dataset.coco_ground_truth(), results, "coco")
 
 

@@ -205,10 +205,13 @@ def plain_and_tta(plain: dict, tta: dict) -> dict:
 def score_tunedet(trainer, cfg, tta) -> dict:
     """COCO metrics of the trained model (EMA weights when enabled) on the held-out
     patches, with ``eval.tta`` set to ``tta`` (None: a single pass)."""
+    from tunedet.engine.build import eval_settings
     from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tta": tta})})
-    results = predict_dataset(trainer.eval_model, trainer.val_set, cfg, trainer.device)
+    results = predict_dataset(
+        trainer.eval_model, trainer.val_set, eval_settings(cfg), trainer.device
+    )
     return evaluate_results(trainer.val_set.coco_ground_truth(), results, "coco")
 
 

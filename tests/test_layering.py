@@ -1,6 +1,7 @@
 """The package's imports run one way, read from the source with ``ast`` (no import needed):
 ``cli`` → ``engine``/``analysis``/``tuning`` → ``models``/``data`` → ``boxes``,
-``anchors``, ``assigners``, ``losses``; and no module imports another's ``_private`` name."""
+``anchors``, ``assigners``, ``losses``; no module imports another's ``_private`` name; and
+below the builders no module takes the whole config."""
 
 from __future__ import annotations
 
@@ -87,6 +88,48 @@ def private_imports(files: list[Path]) -> list[str]:
     return problems
 
 
+# The modules that turn the config into objects. Everything else in ``engine`` and below
+# (and the run report) takes typed arguments: plain values, or one of the config's own
+# sections (``TTAConfig``, ``SlicedConfig``, ``data_cfg``), never the whole config.
+CONFIG_READERS = {
+    "engine/build.py": "the builder",
+    "engine/trainer.py": "Trainer(cfg, run_dir) builds its parts through engine/build.py",
+    "models/build.py": "the model builder",
+    "data/build.py": "the dataset and loader builder",
+    "data/classes.py": "completes model.num_classes from the data, for the builders",
+}
+# Functions below the builders that take the config as data, reading none of its knobs.
+CONFIG_AS_DATA = {("engine/checkpoint.py", "config_to_dict")}
+BELOW_THE_BUILDERS_ALSO = {"analysis/report.py"}
+
+
+def takes_the_config(path: Path) -> bool:
+    rel = path.relative_to(SRC).as_posix()
+    if rel in CONFIG_READERS:
+        return False
+    package = package_of(path)
+    return RANK.get(package, 99) <= RANK["engine"] or rel in BELOW_THE_BUILDERS_ALSO
+
+
+def whole_config_uses(files: list[Path]) -> list[str]:
+    """Functions that take a ``cfg`` parameter, and reads of an object's ``.cfg``
+    (``trainer.cfg``), in the modules below the builders."""
+    problems = []
+    for path in files:
+        if not takes_the_config(path):
+            continue
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args
+                names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+                if "cfg" in names and (rel, node.name) not in CONFIG_AS_DATA:
+                    problems.append(f"{rel}:{node.lineno} {node.name}() takes the whole config")
+            elif isinstance(node, ast.Attribute) and node.attr == "cfg":
+                problems.append(f"{rel}:{node.lineno} reads {ast.unparse(node)}")
+    return problems
+
+
 def test_every_package_has_a_rank():
     packages = {package_of(p) for p in sources()} - {"config"}
     assert packages <= set(RANK), f"add to RANK: {sorted(packages - set(RANK))}"
@@ -126,6 +169,37 @@ def test_the_checker_catches_a_private_import(tmp_path, monkeypatch):
     assert private_imports([fake / "cli" / "bench.py"]) == [
         "cli/bench.py:1 imports ['_load'] of tunedet.cli.main"
     ]
+
+
+def test_objects_below_the_builders_never_take_the_whole_config():
+    assert whole_config_uses(sources()) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "caught"),
+    [
+        ("engine/evaluator.py", "def predict(model, dataset, cfg, device):\n    pass\n", True),
+        ("engine/hooks.py", "def f(trainer):\n    return trainer.cfg.eval\n", True),
+        ("models/heads/head.py", "class H:\n    def __init__(self, *, cfg):\n        pass\n", True),
+        ("analysis/report.py", "def write_report(run_dir, cfg):\n    pass\n", True),
+        (
+            "engine/test_time_augmentation.py",
+            "def with_tta(model, tta, size_divisor):\n    pass\n",
+            False,
+        ),
+        ("engine/build.py", "def eval_settings(cfg):\n    return cfg.eval\n", False),
+        ("analysis/lr_plot.py", "def base_lr(cfg):\n    return cfg.optim.lr\n", False),
+        ("cli/main.py", "def write_run_report(trainer):\n    return trainer.cfg\n", False),
+    ],
+)
+def test_the_checker_catches_the_whole_config_below_the_builders(
+    tmp_path, monkeypatch, module, source, caught
+):
+    fake = tmp_path / "tunedet"
+    (fake / module).parent.mkdir(parents=True)
+    (fake / module).write_text(source)
+    monkeypatch.setattr(f"{__name__}.SRC", fake)
+    assert bool(whole_config_uses([fake / module])) is caught
 
 
 def test_engine_modules_stay_small():

@@ -99,7 +99,7 @@ class Detector:
         self.device = device
         self.class_names: list[str] = list(getattr(model, "classes", None) or [])
         self.transforms = build_transforms(cfg.data.val_transforms)
-        self._predictor = with_tta(model, cfg)
+        self._predictor = with_tta(model, cfg.eval.tta, cfg.data.size_divisor)
 
     @classmethod
     def from_checkpoint(
@@ -128,9 +128,16 @@ class Detector:
         from tunedet.data.loader import collate_detection
 
         if self.cfg.eval.sliced is not None:  # tiles of the whole image, merged
-            from tunedet.engine.sliced_inference import sliced_predict_with_config
+            from tunedet.engine.sliced_inference import sliced_predict
 
-            pred = sliced_predict_with_config(self._predictor, image, self.cfg, self.device)
+            pred = sliced_predict(
+                self._predictor,
+                image,
+                self.transforms,
+                self.device,
+                size_divisor=self.cfg.data.size_divisor,
+                **self.cfg.eval.sliced.model_dump(),
+            )
             scale = 1.0
         else:
             sample = {
@@ -181,8 +188,7 @@ def train(
     ``report``: write the run's ``report.html``, as ``tunedet train`` does."""
     import json
 
-    from tunedet.analysis.report import write_report
-    from tunedet.cli.main import run_dir_for
+    from tunedet.cli.main import run_dir_for, write_run_report
     from tunedet.config.loader import load_config
     from tunedet.engine.trainer import Trainer
 
@@ -195,5 +201,5 @@ def train(
     trainer = Trainer(cfg, run_dir)
     metrics = trainer.train()
     if report:
-        write_report(trainer, metrics)
+        write_run_report(trainer, metrics)
     return Path(getattr(trainer, "run_dir", run_dir)), dict(metrics or {})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -181,12 +179,8 @@ def test_sliced_predict_dataset_gives_coco_results_in_image_pixels():
         def coco_ground_truth(self):
             return {"images": [], "annotations": [], "categories": [{"id": c} for c in range(3)]}
 
-    cfg = SimpleNamespace(
-        data=SimpleNamespace(val_transforms=[], size_divisor=32),
-        eval=SimpleNamespace(sliced=SlicedConfig(tile=96, overlap=0.4), score_thr=None),
-        train=SimpleNamespace(progress=False),
-    )
-    results = sliced_predict_dataset(BlobDetector(), OneImage(), cfg, torch.device("cpu"))
+    sliced = SlicedConfig(tile=96, overlap=0.4)
+    results = sliced_predict_dataset(BlobDetector(), OneImage(), sliced, [], torch.device("cpu"))
     got = sorted(tuple(r["bbox"]) for r in results)
     want = sorted((b[0], b[1], b[2] - b[0], b[3] - b[1]) for b in boxes.tolist())
     assert got == want and {r["image_id"] for r in results} == {7}

@@ -18,6 +18,7 @@ from tunedet.engine import distributed
 from tunedet.engine.checkpoint import load_checkpoint
 from tunedet.engine.evaluator import evaluation_batches, merge_shards
 from tunedet.engine.trainer import Trainer
+from tunedet.losses.rank_mean import mean_count_over_ranks, reduce_mean
 
 # A GroupNorm-only net (BatchNorm statistics would differ between a per-rank batch of 2
 # and a batch of 4), SGD with the linear scaling rule on, 4 iterations over 2 epochs.
@@ -138,10 +139,10 @@ def test_helpers_are_identities_in_one_process():
     count = torch.tensor(0.0)
     assert not distributed.is_distributed()
     assert distributed.world_size() == 1 and distributed.rank() == 0
-    assert distributed.mean_count_over_ranks(count).item() == 1.0  # clamped like max(n, 1)
-    assert distributed.mean_count_over_ranks(torch.tensor(7.0)).item() == 7.0
+    assert mean_count_over_ranks(count).item() == 1.0  # clamped like max(n, 1)
+    assert mean_count_over_ranks(torch.tensor(7.0)).item() == 7.0
     value = torch.tensor([1.0, 2.0])
-    assert distributed.reduce_mean(value) is value
+    assert reduce_mean(value) is value
     assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
     assert distributed.any_over_ranks([True, False], torch.device("cpu")) == [True, False]
 

@@ -247,13 +247,15 @@ def test_config_knob_validates_and_wraps(tiny_demo):
     cfg = load_config(
         "retinanet/demo", [*tiny_demo, "eval.tta={flips: [], scales: [1, 1.5], merge: wbf}"]
     )
-    wrapped = with_tta(BrightBlobDetector(), cfg)
+    wrapped = with_tta(BrightBlobDetector(), cfg.eval.tta, cfg.data.size_divisor)
     assert wrapped.scales == [1.0, 1.5] and wrapped.merge == "wbf" and wrapped.flips == []
     cfg = load_config("retinanet/demo", [*tiny_demo, "eval.tta={flips: [h, v], merge: nms}"])
-    wrapped = with_tta(BrightBlobDetector(), cfg)
+    wrapped = with_tta(BrightBlobDetector(), cfg.eval.tta, cfg.data.size_divisor)
     assert isinstance(wrapped, FlipTTA) and wrapped.flips == ["h", "v"]
     assert wrapped.merge == "nms" and wrapped.iou_thr == 0.5
-    assert not isinstance(with_tta(BrightBlobDetector(), load_config("retinanet/demo")), FlipTTA)
+    assert not isinstance(
+        with_tta(BrightBlobDetector(), load_config("retinanet/demo").eval.tta), FlipTTA
+    )
 
 
 def test_mask_detectors_refuse_tta():

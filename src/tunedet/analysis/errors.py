@@ -235,12 +235,13 @@ def export_false_positives(
 
 
 def run(args: argparse.Namespace) -> int:
+    from tunedet.engine.build import eval_settings
     from tunedet.engine.evaluator import predict_dataset
 
     cfg = load_config(args.config, args.overrides)
     model, device = build_model(cfg, args.checkpoint)
     dataset = split_dataset(cfg, "val")
-    results = predict_dataset(model, dataset, cfg, device)
+    results = predict_dataset(model, dataset, eval_settings(cfg), device)
     data = detection_set(dataset.coco_ground_truth(), results)
     errors = find_errors(data, score_thr=args.score_thr)
     print(format_counts(errors["counts"], args.score_thr))

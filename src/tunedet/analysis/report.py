@@ -27,25 +27,19 @@ TILE = 280  # px per image in the prediction grid
 
 @torch.no_grad()
 def prediction_grid(
-    trainer: Any, out: Path, num_images: int = 8, score_thr: float = 0.3
+    model: Any, batch: Any, dataset: Any, out: Path, score_thr: float = 0.3
 ) -> Path | None:
-    """Validation images with ground truth (thin white) and predictions (coloured, scored)."""
-    from tunedet.engine.build import eval_loader
-
-    dataset = trainer.val_set
-    if dataset is None or len(dataset) == 0:
+    """Validation images with ground truth (thin white) and ``model``'s predictions
+    (coloured, scored). ``batch``: the first images of ``dataset`` in order, one
+    `DetectionBatch` on the model's device."""
+    if batch is None or len(batch) == 0:
         return None
-    loader = eval_loader(
-        trainer.cfg, dataset, batch_size=min(num_images, len(dataset)), num_workers=0
-    )
-    batch = next(iter(loader)).to(trainer.device)
-    model = trainer.eval_model  # the EMA weights when enabled
     model.eval()
     predictions = model.predict(batch.images, batch.image_sizes)
     classes = getattr(dataset, "classes", None)
     tiles = []
     for i, pred in enumerate(predictions):
-        sample = dataset[i]  # the loader reads the dataset in order
+        sample = dataset[i]  # the batch holds the dataset's first images, in order
         image = Image.fromarray(sample["image"])
         # draw on an enlarged image (~TILE px) so that text stays small and boxes sharp
         zoom = TILE / max(image.size)
@@ -128,15 +122,16 @@ def operating_point(gt: dict, results: list[dict], iou_thr: float = 0.5) -> dict
     return {"score_thr": score_thr, "f1": f1, "curve": f1_by_score(pooled)}
 
 
-def evaluation_section(trainer: Any, run_dir: Path, score_thr: float | None = None) -> str:
+def evaluation_section(
+    gt: dict, results: list[dict], run_dir: Path, score_thr: float | None = None
+) -> str:
     """Per-class table, F1 against score, PR curves and confusion matrix of the validation
-    set (IoU 0.5). P/R/F1 and the confusion matrix are taken at ``score_thr``, by default
-    the score with the best F1 of all classes pooled (stated in the report)."""
+    set (COCO ground truth ``gt``, COCO-format ``results``; IoU 0.5). P/R/F1 and the
+    confusion matrix are taken at ``score_thr``, by default the score with the best F1 of
+    all classes pooled (stated in the report)."""
     from tunedet.evaluation import evaluation_summary, write_evaluation
     from tunedet.evaluation.plots import plot_f1_by_score
 
-    dataset = trainer.val_set
-    gt, results = dataset.coco_ground_truth(), trainer.predict(dataset)
     point = operating_point(gt, results)
     chosen = point["score_thr"] if score_thr is None else score_thr
     summary = evaluation_summary(gt, results, score_thr=chosen)
@@ -202,13 +197,28 @@ def evaluation_section(trainer: Any, run_dir: Path, score_thr: float | None = No
     )
 
 
-def write_report(trainer: Any, metrics: dict[str, float], score_thr: float | None = None) -> Path:
-    """Write ``report.html`` (and its PNGs) in ``trainer.run_dir``; returns its path.
+def write_report(
+    run_dir: str | Path,
+    metrics: dict[str, float],
+    model_type: str,
+    iterations: int,
+    model: Any = None,
+    val_set: Any = None,
+    val_results: list[dict] | None = None,
+    val_batch: Any = None,
+    score_thr: float | None = None,
+) -> Path:
+    """Write ``report.html`` (and its PNGs) in ``run_dir``; returns its path.
 
-    ``metrics`` are the final validation metrics (``Trainer.train``'s return);
-    ``score_thr`` fixes the operating point (default: the best F1's score).
+    ``metrics``: the final validation metrics (``Trainer.train``'s return); ``model_type``
+    and ``iterations``: what ran, for the heading; ``model``: the weights evaluated (the
+    EMA when kept); ``val_set``: the validation dataset (None: no evaluation sections),
+    ``val_results`` its COCO-format results by ``model``, ``val_batch`` its first images
+    as one batch on the model's device (the prediction grid); ``score_thr`` fixes the
+    operating point (default: the best F1's score). ``cli.main.write_run_report`` takes
+    them from a trainer.
     """
-    run_dir = Path(trainer.run_dir)
+    run_dir = Path(run_dir)
     sections = []
     numeric = [[k, float(v)] for k, v in metrics.items() if isinstance(v, int | float)]
     if numeric:
@@ -220,8 +230,9 @@ def write_report(trainer: Any, metrics: dict[str, float], score_thr: float | Non
             '<h2>Validation metrics</h2><table id="metrics"><tr><td>no validation set</td></tr>'
             "</table>"
         )
-    if trainer.val_set is not None and len(trainer.val_set):
-        sections.append(evaluation_section(trainer, run_dir, score_thr))
+    if val_set is not None and len(val_set) and val_results is not None:
+        gt = val_set.coco_ground_truth()
+        sections.append(evaluation_section(gt, val_results, run_dir, score_thr))
     curves = plot_run_curves(read_metrics_log(run_dir / "metrics.jsonl"), run_dir / "curves.png")
     if curves is not None:
         sections.append(
@@ -233,7 +244,9 @@ def write_report(trainer: Any, metrics: dict[str, float], score_thr: float | Non
                 "validation metrics against iteration (from metrics.jsonl).",
             )  # fmt: skip
         )
-    grid = prediction_grid(trainer, run_dir / "predictions.png", score_thr=0.3)
+    grid = None
+    if model is not None and val_set is not None and len(val_set):
+        grid = prediction_grid(model, val_batch, val_set, run_dir / "predictions.png", 0.3)
     if grid is not None:
         sections.append(
             "<h2>Validation predictions</h2>"
@@ -257,8 +270,8 @@ figure{{margin:1em 0}}figcaption{{color:#555;font-size:90%}}
 img{{max-width:100%;border:1px solid #ddd}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}
 </style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>{html.escape(str(run_dir))}: {trainer.iteration} iterations of
-{html.escape(trainer.cfg.model.type)}.</p>
+<p>{html.escape(str(run_dir))}: {iterations} iterations of
+{html.escape(model_type)}.</p>
 {"".join(sections)}
 <h2>Resolved config</h2><pre>{config}</pre>
 {IMAGES_LOADED_SCRIPT}

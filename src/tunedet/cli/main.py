@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 COMMANDS = ("train", "eval", "infer", "evaluate", "demo", "list", "analyze", "data")
 
@@ -29,10 +30,34 @@ def run_dir_for(cfg, config: str, work_dir: str | None) -> Path:
     return Path("runs") / Path(config).stem
 
 
+def write_run_report(trainer: Any, metrics: dict[str, float]) -> Path:
+    """``analysis.report.write_report`` of a finished ``trainer``: its run folder, model
+    type and iterations, and the validation set's results and first images by its
+    evaluated weights (the EMA when kept)."""
+    from tunedet.analysis.report import write_report
+    from tunedet.engine.build import eval_loader
+
+    val_set = trainer.val_set
+    results = batch = None
+    if val_set is not None and len(val_set):
+        results = trainer.predict(val_set)
+        loader = eval_loader(trainer.cfg, val_set, batch_size=min(8, len(val_set)), num_workers=0)
+        batch = next(iter(loader)).to(trainer.device)
+    return write_report(
+        trainer.run_dir,
+        metrics,
+        trainer.cfg.model.type,
+        trainer.iteration,
+        model=trainer.eval_model,
+        val_set=val_set,
+        val_results=results,
+        val_batch=batch,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this, joined in one
     process group (gloo on CPU, NCCL on CUDA), and rank 0 alone prints and reports."""
-    from tunedet.analysis.report import write_report
     from tunedet.engine import distributed
     from tunedet.engine.build import resolve_device
     from tunedet.engine.interrupt import TrainingInterrupted
@@ -56,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if trainer.is_main:
             if metrics:
                 print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-            print(f"report: {write_report(trainer, metrics)}")
+            print(f"report: {write_run_report(trainer, metrics)}")
     finally:
         distributed.shutdown()
     return 0
@@ -112,7 +137,7 @@ def _print_evaluation(
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunedet.data.build import build_dataset
-    from tunedet.engine.build import config_for_checkpoint
+    from tunedet.engine.build import config_for_checkpoint, eval_settings
     from tunedet.engine.evaluator import evaluate_results, predict_dataset
     from tunedet.evaluation import detection_metrics
     from tunedet.evaluation.coco import (
@@ -140,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("the config has no data.val; pass --voc-dir or data.val=...")
     model, device = _model_from_checkpoint(cfg, checkpoint)
     dataset = build_dataset(cfg.data.val)
-    results = predict_dataset(model, dataset, cfg, device)
+    results = predict_dataset(model, dataset, eval_settings(cfg), device)
     if args.save_json:
         _write_json(Path(args.save_json), coco_results_in_file_ids(results, cfg.data.val, dataset))
         print(
@@ -369,7 +394,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tunedet.analysis.report import write_report
     from tunedet.engine.trainer import Trainer
 
     cfg = _load("retinanet/demo", args.overrides)
@@ -381,7 +405,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"in {trainer.run_dir}"
     )
     metrics = trainer.train()
-    report = write_report(trainer, metrics)
+    report = write_run_report(trainer, metrics)
     minutes = (time.monotonic() - start) / 60
     print(f"demo finished in {minutes:.1f} min: AP={metrics['AP']:.3f} AP50={metrics['AP50']:.3f}")
     print(f"report: {report}")

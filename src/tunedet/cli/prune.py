@@ -53,10 +53,11 @@ def measure(model: torch.nn.Module, cfg: Any, val_set: Any, repeats: int = 5) ->
     FLOPs and CPU latency (fastest of ``repeats``) of one validation image."""
     from tunedet.analysis.flops import count_params_and_flops
     from tunedet.analysis.inputs import model_samples
+    from tunedet.engine.build import eval_settings
     from tunedet.engine.evaluator import evaluate_results, predict_dataset
 
     device = torch.device("cpu")
-    results = predict_dataset(model, val_set, cfg, device)
+    results = predict_dataset(model, val_set, eval_settings(cfg), device)
     metrics = evaluate_results(val_set.coco_ground_truth(), results, cfg.eval.metric)
     batch, _ = next(model_samples(cfg, val_set, [0], batch_size=1))
     rows = count_params_and_flops(model, batch.images, batch.image_sizes, depth=0)

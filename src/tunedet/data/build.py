@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tunedet.config.registry import build
-from tunedet.data.annotated_images import load_rgb
-from tunedet.data.loader import DetectionBatch, TransformedDataset, collate_detection
+from tunedet.data.loader import TransformedDataset, collate_detection
 from tunedet.data.samplers import (
     EpochBatchSampler,
     aspect_groups,
@@ -93,34 +90,3 @@ def build_train_sampler(
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def load_images_for_inference(
-    paths: Sequence[str], cfg: Any
-) -> Iterator[tuple[Path, DetectionBatch, np.ndarray]]:
-    """Yield ``(path, one-image batch, original RGB image)`` for files or folders of images."""
-    files: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such image file or folder")
-    transforms = build_transforms(cfg.data.val_transforms)
-    for image_id, path in enumerate(files):
-        image = load_rgb(path, str(path))
-        sample = {
-            "image": image,
-            "boxes": np.zeros((0, 4), np.float32),
-            "labels": np.zeros((0,), np.int64),
-            "image_id": image_id,
-            "file": str(path),
-            "orig_size": image.shape[:2],
-            "scale": 1.0,
-        }
-        rng = np.random.default_rng(0)
-        for transform in transforms:
-            sample = transform(sample, rng)
-        yield path, collate_detection([sample], size_divisor=cfg.data.size_divisor), image

@@ -35,10 +35,10 @@ def check_best_metric(eval_cfg: Any, classes: list[str], masks: bool) -> None:
         )
 
 
-def update_best(trainer: Any, metrics: dict[str, float]) -> None:
-    """Write ``best.pt`` when ``metrics`` beat every earlier evaluation of the run
-    (``trainer.best``: ``{"metric", "value", "iteration"}``, kept in checkpoints)."""
-    name = best_metric(trainer.cfg.eval)
+def update_best(trainer: Any, metrics: dict[str, float], name: str) -> None:
+    """Write ``best.pt`` when metric ``name`` (``best_metric``) of ``metrics`` beats every
+    earlier evaluation of the run (``trainer.best``: ``{"metric", "value", "iteration"}``,
+    kept in checkpoints)."""
     if name not in metrics:  # checked at the start (check_best_metric); a custom evaluate
         return
     value = float(metrics[name])

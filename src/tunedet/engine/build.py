@@ -3,7 +3,8 @@
 One function per object: the device and the seed, the detector (fresh, or with a
 checkpoint's weights: ``model_from_checkpoint``, the loader every command uses), the
 effective batch and base LR (the linear scaling rule, Goyal et al. 2017), the run
-length, the optimizer, the LR schedule, and the training and evaluation loaders.
+length, the optimizer, the LR schedule, the training and evaluation loaders, and the
+evaluation's settings (``eval_settings``).
 
 The effective batch of one optimizer step is ``data.batch_size · world_size ·
 train.accumulate`` (``data.batch_size`` is per process); with ``optim.auto_scale_lr``
@@ -24,12 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from tunedet.config.loader import apply_override, load_config, validate
 from tunedet.data.build import build_loader, build_train_sampler
 from tunedet.data.classes import check_dataset_classes, resolve_num_classes
+from tunedet.engine.best_checkpoint import best_metric
 from tunedet.engine.checkpoint import (
     checkpoint_class_names,
     checkpoint_config,
     load_checkpoint,
     load_model_state,
 )
+from tunedet.engine.evaluator import EvalSettings
 from tunedet.engine.hooks import (
     CheckpointHook,
     EMAHook,
@@ -259,7 +262,7 @@ def default_hooks(cfg: Any) -> list[Hook]:
         LRScheduleHook(momentum_correction, lr_log),
         EMAHook(),
         MetricsLogHook(train.log_every),
-        EvalHook(train.eval_every),
+        EvalHook(train.eval_every, best_metric(cfg.eval)),
         CheckpointHook(train.ckpt_every),
     ]
 
@@ -273,10 +276,12 @@ def train_loader(
     start_batch: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    num_workers: int | None = None,
 ) -> DataLoader:
     """Batches of ``data.train_transforms`` in the ``data.sampler`` order of a 1-process run
     with batch ``batch_size · world_size``; each rank reads its slice of every global batch.
-    ``start_batch``: global batches already consumed (``iteration · accumulate``)."""
+    ``start_batch``: global batches already consumed (``iteration · accumulate``);
+    ``num_workers``: default ``data.num_workers``."""
     sampler = build_train_sampler(
         cfg.data, dataset, seed=cfg.seed, start_batch=start_batch, rank=rank, world_size=world_size
     )
@@ -285,7 +290,7 @@ def train_loader(
         cfg.data.train_transforms,
         batch_sampler=sampler,
         seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
+        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
         size_divisor=cfg.data.size_divisor,
     )
 
@@ -309,4 +314,21 @@ def eval_loader(
         batch_size=batch_size,
         num_workers=cfg.data.num_workers if num_workers is None else num_workers,
         size_divisor=cfg.data.size_divisor,
+    )
+
+
+def eval_settings(cfg: Any) -> EvalSettings:
+    """What ``evaluator.predict_dataset`` / ``evaluate_model`` need of the config: the
+    validation loader's settings (as ``eval_loader``), ``eval.*`` and ``train.progress``."""
+    return EvalSettings(
+        transforms=list(cfg.data.val_transforms),
+        batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
+        size_divisor=cfg.data.size_divisor,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        metric=cfg.eval.metric,
+        score_thr=cfg.eval.score_thr,
+        tta=cfg.eval.tta,
+        sliced=cfg.eval.sliced,
+        progress=cfg.train.progress,
     )

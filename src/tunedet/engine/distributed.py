@@ -7,9 +7,10 @@ gloo on CPU) and pins each process to the GPU of its local rank. Every helper he
 is a no-op (or the identity) in a 1-process run, so the trainer calls them
 unconditionally.
 
-The collectives (``reduce_mean``, ``mean_count_over_ranks``, ``gather_objects``,
-``broadcast_object``, ``any_over_ranks``) must be called by every rank in the same
-order, or the run hangs.
+The collectives (``gather_objects``, ``broadcast_object``, ``any_over_ranks``, and the
+loss normalisers ``reduce_mean`` and ``mean_count_over_ranks``, which live below the
+models that call them in ``losses/rank_mean.py``) must be called by every rank in the
+same order, or the run hangs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-# the loss normalisers live below the models that call them (losses/rank_mean.py)
-from tunedet.losses.rank_mean import is_distributed, mean_count_over_ranks, reduce_mean  # noqa: F401
+from tunedet.losses.rank_mean import is_distributed
 
 
 def world_size() -> int:

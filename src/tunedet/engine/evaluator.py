@@ -6,28 +6,54 @@ each rank predicts every ``world_size``-th batch of the sequential order
 (``evaluation_batches``) and ``merge_shards`` restores the 1-process order, so the
 union is scored exactly as in one process. ``evaluate_results`` scores results with
 the config's metric: COCO's 12 statistics, or VOC mAP (``voc07``: 11-point, ``voc12``:
-area under the precision envelope).
+area under the precision envelope). ``predict_dataset`` and ``evaluate_model`` take an
+`EvalSettings` (``engine.build.eval_settings`` unpacks a config into it), not the config.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
 
+from tunedet.data.build import build_loader
 from tunedet.engine import distributed
-from tunedet.engine.build import eval_loader
 from tunedet.engine.progress import bars_enabled
 from tunedet.engine.sliced_inference import sliced_predict_dataset
 from tunedet.evaluation import coco_evaluate, format_coco_table, voc_evaluate
+
+if TYPE_CHECKING:
+    from tunedet.config.schema import SlicedConfig, TTAConfig
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a dataset is predicted and scored: the validation loader's settings and the
+    config's ``eval`` section (``engine.build.eval_settings`` fills it from a config).
+
+    ``transforms``: the ``data.val_transforms`` specs; ``batch_size``: ``data.val_batch_size
+    or data.batch_size``; ``metric``, ``score_thr``, ``tta``, ``sliced``: ``eval.*``;
+    ``progress``: ``train.progress`` (a bar on a terminal)."""
+
+    transforms: list[Any]
+    batch_size: int
+    size_divisor: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    metric: str = "coco"
+    score_thr: float | None = None
+    tta: TTAConfig | None = None
+    sliced: SlicedConfig | None = None
+    progress: bool = True
 
 
 def evaluate_model(
     model: Any,
     dataset: Any,
-    cfg: Any,
+    settings: EvalSettings,
     device: torch.device,
     log: Any = print,
     segm: bool = False,
@@ -36,12 +62,12 @@ def evaluate_model(
     predicts its shard of the batches, rank 0 scores their union (the same results, in
     the same order, as a 1-process run) and shares the metrics."""
     rank, world_size = distributed.rank(), distributed.world_size()
-    shard = predict_dataset(model, dataset, cfg, device, rank, world_size)
+    shard = predict_dataset(model, dataset, settings, device, rank, world_size)
     results = merge_shards(distributed.gather_objects(shard)) if world_size > 1 else shard
     metrics = None
     if rank == 0:
-        metrics = evaluate_results(dataset.coco_ground_truth(), results, cfg.eval.metric, segm)
-        if cfg.eval.metric == "coco":
+        metrics = evaluate_results(dataset.coco_ground_truth(), results, settings.metric, segm)
+        if settings.metric == "coco":
             log(format_coco_table(metrics))
         else:
             log(json.dumps({k: v for k, v in metrics.items() if k[:5] != "segm_"}))
@@ -77,38 +103,56 @@ def merge_shards(shards: list[list[dict]]) -> list[dict]:
 def predict_dataset(
     model: Any,
     dataset: Any,
-    cfg: Any,
+    settings: EvalSettings,
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
 ) -> list[dict]:
     """COCO-format results of ``model`` on ``dataset`` (sequential batches of
-    ``data.val_batch_size``). With ``world_size > 1`` only this rank's batches
-    (``evaluation_batches``), each result tagged ``_batch`` (its local batch number)
-    for ``merge_shards``."""
+    ``settings.batch_size``), through ``settings.tta`` and ``settings.sliced`` when set.
+    With ``world_size > 1`` only this rank's batches (``evaluation_batches``), each result
+    tagged ``_batch`` (its local batch number) for ``merge_shards``."""
+    from tunedet.data.build import build_transforms
     from tunedet.engine.test_time_augmentation import with_tta
     from tunedet.evaluation import detections_to_coco_results
 
-    model = with_tta(model, cfg)  # eval.tta: the image's flips too, merged
-    if cfg.eval.sliced is not None:  # whole images through tiles (engine/sliced_inference.py)
-        return sliced_predict_dataset(model, dataset, cfg, device, rank, world_size)
+    model = with_tta(model, settings.tta, settings.size_divisor)  # the image's flips too
+    if settings.sliced is not None:  # whole images through tiles (engine/sliced_inference.py)
+        return sliced_predict_dataset(
+            model,
+            dataset,
+            settings.sliced,
+            build_transforms(settings.transforms),
+            device,
+            size_divisor=settings.size_divisor,
+            score_thr=settings.score_thr,
+            progress=settings.progress,
+            rank=rank,
+            world_size=world_size,
+        )
+    batches = None
     if world_size > 1:
-        batch_size = cfg.data.val_batch_size or cfg.data.batch_size
-        batches = evaluation_batches(len(dataset), batch_size, rank, world_size)
-        loader = eval_loader(cfg, dataset, batch_sampler=batches)
-    else:
-        loader = eval_loader(cfg, dataset)
+        batches = evaluation_batches(len(dataset), settings.batch_size, rank, world_size)
+    loader = build_loader(
+        dataset,
+        settings.transforms,
+        seed=settings.seed,
+        batch_sampler=batches,
+        batch_size=None if batches is not None else settings.batch_size,
+        num_workers=settings.num_workers,
+        size_divisor=settings.size_divisor,
+    )
     gt = dataset.coco_ground_truth()
     label_to_category = sorted(c["id"] for c in gt["categories"])
     model.eval()
     results: list[dict] = []
-    show = bars_enabled(cfg.train.progress) and rank == 0  # no bar into a log file
+    show = bars_enabled(settings.progress) and rank == 0  # no bar into a log file
     for index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not show)):
         batch = batch.to(device)
         predictions = model.predict(batch.images, batch.image_sizes)
-        if cfg.eval.score_thr is not None:
+        if settings.score_thr is not None:
             predictions = [
-                {k: v[p["scores"] >= cfg.eval.score_thr] for k, v in p.items()} for p in predictions
+                {k: v[p["scores"] >= settings.score_thr] for k, v in p.items()} for p in predictions
             ]
         batch_results = detections_to_coco_results(
             predictions,

@@ -16,6 +16,7 @@ from typing import Any
 from tunedet.engine import distributed
 from tunedet.engine.best_checkpoint import update_best
 from tunedet.engine.progress import progress_line
+from tunedet.losses.rank_mean import reduce_mean
 
 
 class Hook:
@@ -77,7 +78,7 @@ class MetricsLogHook(Hook):
         if result is None or not (it % self.log_every == 0 or it == trainer.max_iters):
             return
         # the mean over ranks of each rank's terms is the global batch's loss
-        losses = {k: float(distributed.reduce_mean(v)) for k, v in result[0].items()}
+        losses = {k: float(reduce_mean(v)) for k, v in result[0].items()}
         elapsed = time.monotonic() - self.start
         row = {**losses, "loss": sum(losses.values())}
         row.update(lr=trainer.lr, time=elapsed, skipped=trainer.skipped_steps)
@@ -92,17 +93,19 @@ class EvalHook(Hook):
     """Every ``eval_every`` iterations: ``trainer.evaluate()`` on the validation set, its
     metrics logged as ``val/...``; then ``trainer.on_evaluate(iteration, metrics)`` (True
     stops training: a pruned tuning trial) and ``trainer.early_stop``. After training, one
-    more evaluation unless the last iteration was just evaluated."""
+    more evaluation unless the last iteration was just evaluated. ``best.pt`` follows
+    metric ``best_metric`` (``best_checkpoint.best_metric``)."""
 
-    def __init__(self, eval_every: int):
+    def __init__(self, eval_every: int, best_metric: str = "AP"):
         self.eval_every = eval_every
+        self.best_metric = best_metric
         self.evaluated_at: int | None = None
 
     def _evaluate(self, trainer: Any) -> None:
         trainer.metrics = trainer.evaluate()
         self.evaluated_at = trainer.iteration
         trainer.loggers.log(trainer.iteration, {f"val/{k}": v for k, v in trainer.metrics.items()})
-        update_best(trainer, trainer.metrics)  # best.pt
+        update_best(trainer, trainer.metrics, self.best_metric)  # best.pt
 
     def after_step(self, trainer: Any, result: Any) -> None:
         if not (self.eval_every and trainer.iteration % self.eval_every == 0 and trainer.val_set):

@@ -21,15 +21,18 @@ from tunedet.engine.checkpoint import (
 from tunedet.engine.ema import ModelEMA
 
 
-def resume_run(trainer: Any) -> bool:
-    """Load the newest usable checkpoint of ``trainer.run_dir``; False when there is none."""
+def resume_run(trainer: Any, time_budget: bool = False) -> bool:
+    """Load the newest usable checkpoint of ``trainer.run_dir``; False when there is none.
+    ``time_budget``: the run's length is a wall-time budget alone (neither
+    ``train.max_iters`` nor ``train.epochs``), so its planned length comes from the
+    checkpoint."""
     if trainer.is_main:
         remove_stale_temp_files(trainer.ckpt_dir)
         remove_stale_temp_files(trainer.run_dir)  # of last.pt, best.pt
     candidates = checkpoints_newest_first(trainer.ckpt_dir)
     for path in candidates:
         try:
-            load_training_checkpoint(trainer, path)
+            load_training_checkpoint(trainer, path, time_budget)
         except CheckpointError as err:
             trainer.log(f"skipping bad checkpoint: {err}")
             continue
@@ -43,7 +46,7 @@ def resume_run(trainer: Any) -> bool:
     return False
 
 
-def load_training_checkpoint(trainer: Any, path: Path) -> None:
+def load_training_checkpoint(trainer: Any, path: Path, time_budget: bool = False) -> None:
     """Restore model, optimizer, EMA, loss scaler, early stopping, RNG, iteration, run id,
     best and metrics rows from ``path``; ``CheckpointError`` when it does not fit."""
     state = load_checkpoint(path, map_location=trainer.device)
@@ -78,7 +81,6 @@ def load_training_checkpoint(trainer: Any, path: Path) -> None:
     trainer.best = state.get("best") if isinstance(state.get("best"), dict) else None
     rows = state.get("metrics_rows")
     trainer.metrics_rows = int(rows) if isinstance(rows, int) else None
-    time_budget = trainer.cfg.train.max_iters is None and trainer.cfg.train.epochs is None
     if time_budget and int(state.get("max_iters", trainer.max_iters)) != trainer.max_iters:
         trainer.max_iters = int(state["max_iters"])
         trainer.schedule = trainer.build_schedule()

@@ -28,7 +28,7 @@ infer`` use it when set.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from tqdm import tqdm
 from tunedet.data.loader import collate_detection
 from tunedet.data.tiling import make_tiles
 from tunedet.engine.progress import bars_enabled
+
+if TYPE_CHECKING:
+    from tunedet.config.schema import SlicedConfig
 
 
 def pairwise_match(box: torch.Tensor, boxes: torch.Tensor, metric: str) -> torch.Tensor:
@@ -171,24 +174,33 @@ def sliced_predict(
 
 
 def sliced_predict_dataset(
-    model: Any, dataset: Any, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1
+    model: Any,
+    dataset: Any,
+    sliced: SlicedConfig,
+    transforms: Sequence[Callable[[dict, np.random.Generator], dict]],
+    device: torch.device,
+    size_divisor: int = 32,
+    score_thr: float | None = None,
+    progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[dict]:
     """COCO-format results of ``dataset`` (whole images, in their pixels) by sliced
-    inference with ``cfg.eval.sliced`` and the config's validation transforms.
+    inference with the settings of ``sliced`` (``eval.sliced``) and ``transforms`` (the
+    validation transforms); detections scoring below ``score_thr`` dropped; ``progress``:
+    a bar on a terminal (``train.progress``).
 
     With ``world_size > 1`` this rank does images ``rank, rank + world_size, ...``,
     each result tagged ``_batch`` (its local image number), as `predict_dataset`'s
     shards with batches of one image."""
-    from tunedet.data.build import build_transforms
     from tunedet.evaluation import detections_to_coco_results
 
-    transforms = build_transforms(cfg.data.val_transforms)
     gt = dataset.coco_ground_truth()
     label_to_category = sorted(c["id"] for c in gt["categories"])
     model.eval()
     results: list[dict] = []
     indices = range(rank, len(dataset), world_size)
-    show = bars_enabled(cfg.train.progress) and rank == 0  # no bar into a log file
+    show = bars_enabled(progress) and rank == 0  # no bar into a log file
     for local, index in enumerate(tqdm(indices, desc="sliced eval", leave=False, disable=not show)):
         sample = dataset[index]
         pred = sliced_predict(
@@ -196,11 +208,11 @@ def sliced_predict_dataset(
             sample["image"],
             transforms,
             device,
-            size_divisor=cfg.data.size_divisor,
-            **cfg.eval.sliced.model_dump(),
+            size_divisor=size_divisor,
+            **sliced.model_dump(),
         )
-        if cfg.eval.score_thr is not None:
-            pred = {k: v[pred["scores"] >= cfg.eval.score_thr] for k, v in pred.items()}
+        if score_thr is not None:
+            pred = {k: v[pred["scores"] >= score_thr] for k, v in pred.items()}
         image_results = detections_to_coco_results(
             [pred], [sample["image_id"]], [1.0], label_to_category
         )
@@ -208,19 +220,3 @@ def sliced_predict_dataset(
             image_results = [{**r, "_batch": local} for r in image_results]
         results.extend(image_results)
     return results
-
-
-def sliced_predict_with_config(
-    model: Any, image: np.ndarray, cfg: Any, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """`sliced_predict` of one image with ``cfg.eval.sliced`` and the validation transforms."""
-    from tunedet.data.build import build_transforms
-
-    return sliced_predict(
-        model,
-        image,
-        build_transforms(cfg.data.val_transforms),
-        device,
-        size_divisor=cfg.data.size_divisor,
-        **cfg.eval.sliced.model_dump(),
-    )

@@ -21,7 +21,7 @@ are merged by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
 from tunedet.boxes.formats import clip_boxes
+
+if TYPE_CHECKING:
+    from tunedet.config.schema import TTAConfig
 
 FLIP_DIMS = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
@@ -218,9 +221,9 @@ class FlipTTA:
         return merged
 
 
-def with_tta(detector: Any, cfg: Any) -> Any:
-    """``detector`` wrapped in `FlipTTA` when ``cfg.eval.tta`` is set, else itself."""
-    tta = cfg.eval.tta
+def with_tta(detector: Any, tta: TTAConfig | None, size_divisor: int = 32) -> Any:
+    """``detector`` wrapped in `FlipTTA` with the settings of ``tta`` (``eval.tta``) when
+    it is set, else ``detector`` itself; ``size_divisor``: ``data.size_divisor``."""
     if tta is None:
         return detector
     return FlipTTA(
@@ -230,5 +233,5 @@ def with_tta(detector: Any, cfg: Any) -> Any:
         tta.iou_thr,
         tta.max_dets,
         scales=tta.scales,
-        size_divisor=cfg.data.size_divisor,
+        size_divisor=size_divisor,
     )

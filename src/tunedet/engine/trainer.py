@@ -36,6 +36,7 @@ from tunedet.engine.build import (
     build_schedule,
     check_datasets,
     default_hooks,
+    eval_settings,
     resolve_device,
     run_length,
     seed_everything,
@@ -64,7 +65,7 @@ from tunedet.engine.run_dir import choose_run_dir, saved_run_id, write_run_confi
 from tunedet.engine.step import DetectorLoss, OptimizerStep, compile_loss
 from tunedet.engine.time_budget import TimeBudget
 
-__all__ = ["EarlyStopping", "Trainer", "predict_dataset", "resolve_device", "seed_everything"]
+__all__ = ["Trainer"]
 
 _PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
@@ -245,7 +246,8 @@ class Trainer:
     def resume(self) -> bool:
         """Load the newest usable checkpoint of ``run_dir`` (``resume.resume_run``); False
         when there is none."""
-        return resume_run(self)
+        train = self.cfg.train
+        return resume_run(self, time_budget=train.max_iters is None and train.epochs is None)
 
     # --- loop ----------------------------------------------------------------------------
 
@@ -368,12 +370,17 @@ class Trainer:
 
     def predict(self, dataset: Any) -> list[dict[str, Any]]:
         """COCO-format results of ``eval_model`` (EMA weights when enabled) on ``dataset``."""
-        return predict_dataset(self.eval_model, dataset, self.cfg, self.device)
+        return predict_dataset(self.eval_model, dataset, eval_settings(self.cfg), self.device)
 
     def evaluate(self, dataset: Any = None) -> dict[str, float]:
         """Metrics of ``eval_model`` on ``dataset`` (default: the validation set); called by
         every rank (``evaluator.evaluate_model``)."""
         dataset = dataset or self.val_set
         return evaluate_model(
-            self.eval_model, dataset, self.cfg, self.device, self.log, self.needs_masks
+            self.eval_model,
+            dataset,
+            eval_settings(self.cfg),
+            self.device,
+            self.log,
+            self.needs_masks,
         )
