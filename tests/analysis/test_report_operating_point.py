@@ -115,3 +115,13 @@ def test_train_report_states_the_best_f1_threshold(tmp_path: Path, tiny_demo):
     chosen = metrics["operating_point"]["score_thr"]
     assert metrics["detection"]["score_thr"] == pytest.approx(chosen)
     assert f"Score threshold {chosen:.3f}" in page
+
+
+def test_the_report_is_written_from_plain_values_without_a_trainer(tmp_path):
+    from tunedet.analysis.report import write_report
+
+    out = write_report(tmp_path, {"AP": 0.25}, "retinanet", 12)
+    page = out.read_text()
+    assert out == tmp_path / "report.html"
+    assert "12 iterations of\nretinanet" in page and "0.2500" in page
+    assert "Per-class results" not in page and not (tmp_path / "predictions.png").exists()

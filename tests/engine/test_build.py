@@ -157,3 +157,16 @@ def test_optimizer_lr_equals_base_lr(ema_checkpoint):
         optimizer = build.build_optimizer_for(cfg, model, world_size)
         assert optimizer.defaults["lr"] == pytest.approx(build.base_lr(cfg, world_size))
         assert optimizer.defaults["lr"] == pytest.approx(0.002 * 2 * world_size * 2 / 3)
+
+
+def test_eval_settings_unpack_the_config_for_the_evaluator():
+    cfg = tiny_config(
+        "data.val_batch_size=3", "eval.score_thr=0.2", "eval.metric=voc12", "eval.tta={flips: [v]}"
+    )
+    settings = build.eval_settings(cfg)
+    assert settings.batch_size == 3 and settings.score_thr == 0.2 and settings.metric == "voc12"
+    assert settings.tta.flips == ["v"] and settings.sliced is None and settings.progress is False
+    assert settings.transforms == list(cfg.data.val_transforms)
+    assert (settings.seed, settings.size_divisor) == (cfg.seed, cfg.data.size_divisor)
+    sliced = build.eval_settings(tiny_config("data.val_batch_size=null", "eval.sliced={tile: 64}"))
+    assert sliced.batch_size == 2 and sliced.sliced.tile == 64 and sliced.tta is None
