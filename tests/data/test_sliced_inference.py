@@ -208,3 +208,70 @@ def test_boxes_of_one_tile_never_merge_with_each_other():
     assert out["boxes"].tolist() == [[0, 0, 10, 10], [6, 0, 16, 10]]
     chained = merge_detections(boxes, scores, labels, "nmm", "ios", 0.3)  # no tiles given
     assert chained["boxes"].tolist() == [[0, 0, 16, 10]]
+
+
+class OneImage:
+    """A dataset of one painted image (image id 7)."""
+
+    def __init__(self, image, boxes, labels):
+        self.sample = {"image": image, "boxes": boxes, "labels": labels, "image_id": 7, "file": ""}
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return dict(self.sample)
+
+    def coco_ground_truth(self):
+        return {"images": [], "annotations": [], "categories": [{"id": c} for c in range(3)]}
+
+
+def test_predict_dataset_hands_eval_sliced_and_score_thr_to_the_tiles():
+    from tunedet.data.tiling import make_tiles
+    from tunedet.engine.evaluator import EvalSettings, predict_dataset
+
+    image, boxes, labels = painted_image(seed=2, count=10)
+    detector = BlobDetector(score=lambda v, box: 0.9 if v % 2 else 0.1)
+    settings = EvalSettings(
+        transforms=[],
+        batch_size=1,
+        score_thr=0.5,
+        sliced=SlicedConfig(tile=96, overlap=0.4),
+        progress=False,
+    )
+    results = predict_dataset(detector, OneImage(image, boxes, labels), settings, "cpu")
+    got = sorted(tuple(r["bbox"]) for r in results)
+    odd = [b for v, b in enumerate(boxes.tolist(), start=1) if v % 2]  # score 0.9 >= 0.5
+    assert got == sorted((b[0], b[1], b[2] - b[0], b[3] - b[1]) for b in odd)
+    assert detector.calls == len(make_tiles(image.shape[:2], 96, 0.4))  # tiles, not the image
+
+
+def test_predict_dataset_wraps_the_detector_in_eval_tta():
+    from tunedet.config.schema import TTAConfig
+    from tunedet.engine.evaluator import EvalSettings, predict_dataset
+
+    image, boxes, labels = painted_image(seed=3, count=4)
+    dataset = OneImage(image, boxes, labels)
+    plain, flipped = BlobDetector(), BlobDetector()
+    settings = EvalSettings(transforms=[], batch_size=1, progress=False)
+    predict_dataset(plain, dataset, settings, "cpu")
+    tta = TTAConfig(flips=["h", "v"])
+    predict_dataset(flipped, dataset, EvalSettings([], 1, tta=tta, progress=False), "cpu")
+    assert (plain.calls, flipped.calls) == (1, 3)  # the image, then its two flips
+
+
+def test_the_api_detector_runs_eval_sliced_on_tiles():
+    from tunedet.api import Detector
+    from tunedet.config.loader import load_config
+    from tunedet.data.tiling import make_tiles
+
+    cfg = load_config(
+        "retinanet/demo", ["eval.sliced={tile: 96, overlap: 0.4}", "data.val_transforms=[]"]
+    )
+    image, boxes, labels = painted_image(seed=2, count=10)
+    model = BlobDetector()
+    found = Detector(model, cfg, torch.device("cpu")).predict(image)[0]
+    np.testing.assert_allclose(
+        sorted_rows(found.boxes, found.labels), sorted_rows(boxes, labels), atol=1e-4
+    )
+    assert model.calls == len(make_tiles(image.shape[:2], 96, 0.4))
