@@ -122,3 +122,28 @@ def test_compiled_loss_is_one_graph_without_breaks():
         explained = torch._dynamo.explain(model.loss)(batch.images, batch.gt_boxes, batch.gt_labels)
     assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_a_compiler_failure_on_the_first_batch_is_one_line_and_training_goes_on(
+    tmp_path: Path, monkeypatch
+):
+    calls = []
+
+    def failing_compile(fn, *args, **kwargs):
+        def call(*a, **k):
+            calls.append(1)
+            raise torch._dynamo.exc.TorchDynamoException("cannot lower u5\nmore detail")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    lines: list[str] = []
+    cfg = load_config("retinanet/demo", [*TINY, "train.max_iters=3", "train.compile=true"])
+    trainer = Trainer(cfg, tmp_path, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    trainer.train()
+    assert trainer.iteration == 3 and len(calls) == 1
+    failed = [line for line in lines if line.startswith("train.compile: ")]
+    assert failed == [
+        "train.compile: torch.compile failed on RetinaNet's loss (TorchDynamoException: "
+        "cannot lower u5); training continues uncompiled"
+    ]

@@ -68,16 +68,33 @@ class DetectorLoss:
 CAPTURE_DATA_DEPENDENT = {"capture_dynamic_output_shape_ops": True, "capture_scalar_outputs": True}
 
 
-def compile_loss(model: nn.Module) -> Callable[..., Losses]:
+def compile_loss(model: nn.Module, log: Callable[[str], Any] = print) -> Callable[..., Losses]:
     """``torch.compile`` of ``model.loss`` (``train.compile``). The assignment and the
     losses select positives with boolean masks, whose output sizes depend on the data;
     Dynamo would split the computation into a graph per mask (eleven breaks in
-    RetinaNet's loss), so such ops are captured in the graph instead."""
+    RetinaNet's loss), so such ops are captured in the graph instead. Where the compiler
+    fails on the first batch (Inductor cannot lower the R-CNN heads' data-dependent
+    sizes in torch 2.14), that is said in one line and training goes on uncompiled."""
     compiled = torch.compile(model.loss)
+    state = {"first": True, "loss": None}
 
     def loss(*args: Any, **kwargs: Any) -> Losses:
+        if state["loss"] is not None:
+            return state["loss"](*args, **kwargs)
         with torch._dynamo.config.patch(**CAPTURE_DATA_DEPENDENT):
-            return compiled(*args, **kwargs)
+            if not state["first"]:
+                return compiled(*args, **kwargs)
+            state["first"] = False
+            try:
+                return compiled(*args, **kwargs)
+            except (torch._dynamo.exc.TorchDynamoException, RuntimeError) as error:
+                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                log(
+                    f"train.compile: torch.compile failed on {type(model).__name__}'s loss "
+                    f"({type(error).__name__}: {reason}); training continues uncompiled"
+                )
+                state["loss"] = model.loss
+        return model.loss(*args, **kwargs)
 
     return loss
 

@@ -130,7 +130,7 @@ class Trainer:
         check_amp(self.amp, self.amp_device)
         self.log(f"precision: {_PRECISION_NAMES[self.amp]} ({why})")
         self.scaler = grad_scaler(self.amp, self.amp_device)
-        self.compiled_loss = compile_loss(self.model) if train.compile else None
+        self.compiled_loss = compile_loss(self.model, self.log) if train.compile else None
         self.accumulate = train.accumulate
         # data.batch_size is per process: one step sees batch_size · world_size · accumulate
         # images, the batch of the linear scaling rule (build.effective_batch).
