@@ -106,3 +106,44 @@ def test_detector_reads_16_bit_images_as_the_datasets_do(trained, tmp_path):
     flat = detector.predict(grey.astype(np.uint8))[0]
     assert len(deep) > 0
     np.testing.assert_allclose(deep.scores, flat.scores, atol=1e-6)
+
+
+def test_detector_bf16_autocast_matches_float32_within_tolerance(tiny_demo):
+    """``amp="bf16"``: the convolutions run in bfloat16 and the detections of an overfit
+    model (boxes, scores, labels) stay within bfloat16's precision of float32's."""
+    from tunedet.config.loader import load_config
+    from tunedet.data.build import build_dataset
+    from tunedet.engine.build import build_model, eval_loader
+
+    cfg = load_config("retinanet/demo", [*tiny_demo, "threads=1", "device=cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg, log=lambda *_: None)
+    dataset = build_dataset(cfg.data.val)
+    batch = next(iter(eval_loader(cfg, dataset, batch_size=2, num_workers=0)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(60):  # confident detections: overfit the two images
+        optimizer.zero_grad()
+        sum(model.loss(batch.images, batch.gt_boxes, batch.gt_labels).values()).backward()
+        optimizer.step()
+    model.eval()
+    cpu = torch.device("cpu")
+    dtypes = []
+    model.backbone.register_forward_hook(lambda m, i, out: dtypes.append(out[-1].dtype))
+    image = dataset[0]["image"]
+    fp32 = tunedet.Detector(model, cfg, cpu).predict(image, score_thr=0.3)[0]
+    bf16 = tunedet.Detector(model, cfg, cpu, amp="bf16").predict(image, score_thr=0.3)[0]
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert len(fp32) > 0 and len(bf16) == len(fp32)
+    np.testing.assert_array_equal(bf16.labels, fp32.labels)
+    np.testing.assert_allclose(bf16.boxes, fp32.boxes, atol=2.0)
+    np.testing.assert_allclose(bf16.scores, fp32.scores, atol=0.05)
+    assert bf16.scores.dtype == np.float32
+
+
+def test_detector_refuses_fp16_autocast_on_the_cpu(tiny_demo):
+    from tunedet.config.loader import load_config
+    from tunedet.models import build_detector
+
+    cfg = load_config("retinanet/demo", list(tiny_demo))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        tunedet.Detector(build_detector(cfg.model.model_dump()), cfg, torch.device("cpu"), "fp16")

@@ -88,13 +88,18 @@ class Detector:
     test-time options (``eval.tta``, ``eval.sliced``) and class names.
 
     ``Detector.from_checkpoint(path)`` builds it; ``predict(images)`` returns one
-    `Detections` per image, boxes in the original image's pixels."""
+    `Detections` per image, boxes in the original image's pixels. ``amp="bf16"`` runs the
+    network under bfloat16 autocast (CPU or CUDA; ``"fp16"``: CUDA only), the
+    post-processing in float32."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Any, device: torch.device):
+    def __init__(self, model: torch.nn.Module, cfg: Any, device: torch.device, amp: str = "none"):
         from tunedet.data.build import build_transforms
+        from tunedet.engine.amp import check_amp
         from tunedet.engine.test_time_augmentation import with_tta
 
+        check_amp(amp, device)
         self.model = model
+        self.amp = amp
         self.cfg = cfg
         self.device = device
         self.class_names: list[str] = list(getattr(model, "classes", None) or [])
@@ -108,11 +113,12 @@ class Detector:
         device: str = "auto",
         config: str | os.PathLike | None = None,
         overrides: Sequence[str] = (),
+        amp: str = "none",
     ) -> Detector:
         """Load ``path`` (a tunedet checkpoint; its config unless ``config`` is given) on
-        ``device`` ("auto": CUDA, then MPS, then CPU)."""
+        ``device`` ("auto": CUDA, then MPS, then CPU); ``amp``: "none", "bf16" or "fp16"."""
         model, cfg, torch_device = load_model(path, config, overrides, device)
-        return cls(model, cfg, torch_device)
+        return cls(model, cfg, torch_device, amp)
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], score_thr: float = 0.0
@@ -126,18 +132,20 @@ class Detector:
 
     def _predict_one(self, image: np.ndarray, score_thr: float) -> Detections:
         from tunedet.data.loader import collate_detection
+        from tunedet.engine.amp import autocast
 
         if self.cfg.eval.sliced is not None:  # tiles of the whole image, merged
             from tunedet.engine.sliced_inference import sliced_predict
 
-            pred = sliced_predict(
-                self._predictor,
-                image,
-                self.transforms,
-                self.device,
-                size_divisor=self.cfg.data.size_divisor,
-                **self.cfg.eval.sliced.model_dump(),
-            )
+            with autocast(self.amp, self.device):
+                pred = sliced_predict(
+                    self._predictor,
+                    image,
+                    self.transforms,
+                    self.device,
+                    size_divisor=self.cfg.data.size_divisor,
+                    **self.cfg.eval.sliced.model_dump(),
+                )
             scale = 1.0
         else:
             sample = {
@@ -154,7 +162,7 @@ class Detector:
                 sample = transform(sample, rng)
             batch = collate_detection([sample], size_divisor=self.cfg.data.size_divisor)
             batch = batch.to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.amp, self.device):
                 pred = self._predictor.predict(batch.images, batch.image_sizes)[0]
             scale = batch.metas[0]["scale"]
         keep = pred["scores"] >= score_thr

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tunedet.cli.main import main
 
@@ -189,3 +190,15 @@ def test_evaluate_prints_tables_and_writes_out_dir(tmp_path: Path, capsys):
         main(["evaluate", "--gt", str(gt_path), "--dets", str(dets_path), "--metric", "voc07"]) == 0
     )
     assert "mAP" in capsys.readouterr().out
+
+
+def test_infer_passes_amp_to_the_detector(trained_run: Path, tmp_path: Path, capsys):
+    """``--amp`` reaches the detector: bf16 runs on the CPU, fp16 is refused there."""
+    checkpoint = str(trained_run / "checkpoints" / "iter_0000002.pt")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    args = ["infer", checkpoint, str(image), "--no-draw"]
+    assert main([*args, "--out", str(tmp_path / "bf16"), "--amp", "bf16"]) == 0
+    assert (tmp_path / "bf16" / "detections.json").is_file()
+    assert main([*args, "--out", str(tmp_path / "fp16"), "--amp", "fp16"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err

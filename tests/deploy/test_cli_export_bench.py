@@ -51,3 +51,11 @@ def test_bench_prints_train_and_three_inference_paths(tiny_demo, capsys):
         "infer onnxruntime",
     ):
         assert row in out
+
+
+def test_bench_amp_bf16_adds_an_autocast_row_compared_with_eager(tiny_demo, capsys):
+    argv = ["bench", "retinanet/demo", *tiny_demo, "threads=1", "model.score_thr=0.0"]
+    assert main([*argv, "--repeats", "1", "--batch-size", "2", "--no-onnx", "--amp", "bf16"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "bf16" in line)
+    assert row.startswith("infer eager + bf16 autocast")
+    assert " vs " in row and "detections, max diff" in row

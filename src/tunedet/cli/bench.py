@@ -4,7 +4,9 @@ Prints one table: training img/s (loss + backward + SGD step on one batch of the
 training data) and inference img/s on one batch of its validation data for eager
 PyTorch, conv-BN folded + channels_last, and ONNX Runtime (dense network exported;
 post-processing in torch for all three), each path's detections checked equal to eager's
-before timing. Medians over ``--repeats`` with the min–max.
+before timing. ``--amp bf16`` (or fp16 on CUDA) adds eager inference under autocast, its
+detections compared with eager's (count and largest difference) but not required equal.
+Medians over ``--repeats`` with the min–max.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from tunedet.config.loader import load_config
     from tunedet.data.build import build_dataset, build_loader
-    from tunedet.deploy.speed import describe, inference_paths, inference_speeds, train_step_times
+    from tunedet.deploy.speed import (
+        amp_path_name,
+        describe,
+        inference_paths,
+        inference_speeds,
+        train_step_times,
+    )
+    from tunedet.engine.amp import check_amp
     from tunedet.engine.build import model_from_checkpoint
     from tunedet.models import build_detector
 
     cfg = load_config(args.config, args.overrides)
+    check_amp(args.amp, torch.device("cpu"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -74,14 +84,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         gt_masks=train_batch.gt_masks,
     )
     model.eval()
-    paths = inference_paths(model, int(height), threads=cfg.threads, onnx=not args.no_onnx)
-    rows = inference_speeds(paths, val_batch.images, val_batch.image_sizes, args.repeats)
+    paths = inference_paths(
+        model, int(height), threads=cfg.threads, onnx=not args.no_onnx, amp=args.amp
+    )
+    approximate = (amp_path_name(args.amp),)
+    rows = inference_speeds(
+        paths, val_batch.images, val_batch.image_sizes, args.repeats, approximate=approximate
+    )
     eager = statistics.median(rows["eager"]["times"])
     print(f"{'':28s} {'median [min–max]':>28s}  vs eager  detections vs eager")
     print(f"{'train (loss+backward+step)':28s} {describe(train, len(train_batch)):>28s}")
     for name, row in rows.items():
         ratio = eager / statistics.median(row["times"])
         check = "equal" if name == "eager" else f"equal (max diff {row['max_diff']:.1g})"
+        if name in approximate:
+            check = (
+                f"{row['detections']} vs {rows['eager']['detections']} detections, "
+                f"max diff {row['max_diff']:.2g}"
+            )
         print(
             f"{'infer ' + name:28s} {describe(row['times'], len(val_batch)):>28s}  {ratio:6.2f}×  {check}"
         )
@@ -98,4 +118,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, help="images per batch (default: data.batch_size)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime path")
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16"],
+        default="none",
+        help="also time eager inference under this autocast (bf16: CPU or CUDA)",
+    )
     p.set_defaults(func=cmd_bench)

@@ -222,7 +222,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such image file or folder")
-    detector = Detector(*load_model(checkpoint, config, args.overrides))
+    detector = Detector(*load_model(checkpoint, config, args.overrides), amp=args.amp)
     out_dir = new_numbered_dir(Path(args.out))
     found = []
     for path in files:
@@ -583,6 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--score-thr", type=float, default=0.3)
     p.add_argument("--no-draw", action="store_true", help="do not write drawn PNGs")
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16"],
+        default="none",
+        help="run the network under autocast: bf16 (CPU or CUDA) or fp16 (CUDA); "
+        "default none (float32)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
 
