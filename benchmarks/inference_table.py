@@ -67,6 +67,7 @@ from tunedet.engine.build import build_model, eval_loader, model_from_checkpoint
 PATHS = ("eager fp32", "eager bf16", "ORT raw", "ORT e2e")
 YOLO = "YOLOv8n (ultralytics)"
 YOLO_MAX_DETS = 100  # the demos' max_dets
+DEMO_SIZE = 128  # YOLOv8n's input size when no tunedet config runs (--only yolo)
 
 
 def demo_configs() -> list[str]:
@@ -273,15 +274,26 @@ def yolo_paths(files: dict, imgsz: int, batch: int, threads: int):
     return paths, reasons
 
 
+def yolo_detections(paths: dict, batch: int) -> str:
+    """Detections per image of YOLOv8n's NMS graph (rows of ``(1, max_det, 6)`` with a
+    positive score; the rest is padding), or "–" without that graph."""
+    if "ORT e2e" not in paths:
+        return "–"
+    found = [int((out[0][0, :, 4] > 0).sum()) for out in paths["ORT e2e"](batch)]
+    return f"{sum(found) / batch:.0f}"
+
+
 def format_row(name: str, dets: str, timings: dict, reasons: dict, notes: list[str]) -> str:
     cells = [name, dets]
     for path in PATHS:
         if path in timings:
             ms, rate = timings[path]
             cells += [f"{ms:.1f}", f"{rate:.1f}"]
-        else:
-            notes.append(f"{name}, {path}: {reasons.get(path, 'not run')}")
+        elif path in reasons:
+            notes.append(f"{name}, {path}: {reasons[path]}")
             cells += ["n/a", "n/a"]
+        else:  # not a path of this row (YOLOv8n's eager model is not timed)
+            cells += ["–", "–"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -301,7 +313,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per throughput call")
     parser.add_argument("--repeats", type=int, default=20, help="batch-1 calls per path")
     parser.add_argument("--score-thr", type=float, default=0.0)
-    parser.add_argument("--only", help="comma-separated detectors (default: every demo)")
+    parser.add_argument(
+        "--only", help="comma-separated detectors (default: every demo; yolo: YOLOv8n alone)"
+    )
     parser.add_argument(
         "--checkpoint", action="append", default=[], metavar="CONFIG=PATH", help="trained weights"
     )
@@ -315,10 +329,15 @@ def main() -> None:
         args.batch, args.repeats = 4, 3
         args.only = args.only or "retinanet,fcos"
     checkpoints = parse_checkpoints(args.checkpoint)
+    if args.yolo_python and not Path(args.yolo_python).is_file():
+        parser.error(f"--yolo-python {args.yolo_python}: no such file")
     torch.set_num_threads(args.threads)
     configs = demo_configs()
     if args.only:
         wanted = {name.strip() for name in args.only.split(",")}
+        known = {c.split("/")[0] for c in configs}
+        if wanted - known - {"yolo"}:
+            parser.error(f"--only {args.only}: choose from {', '.join(sorted(known))}, yolo")
         configs = [c for c in configs if c.split("/")[0] in wanted]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="inference_table_"))
     import onnxruntime
@@ -357,7 +376,7 @@ def main() -> None:
         print(row, flush=True)
         rows.append(row)
     if args.yolo_python:
-        for size in sorted(sizes):
+        for size in sorted(sizes or {DEMO_SIZE}):
             files = export_yolo(
                 args.yolo_python,
                 size,
@@ -370,7 +389,8 @@ def main() -> None:
             paths, reasons = yolo_paths(files, size, args.batch, args.threads)
             timings = time_paths(paths, args.batch, args.repeats)
             version = files.get("version", "?")
-            row = format_row(f"{YOLO} {version} (random, {size} px)", "–", timings, reasons, notes)
+            dets = yolo_detections(paths, args.batch)
+            row = format_row(f"{YOLO} {version} (random, {size} px)", dets, timings, reasons, notes)
             print(row, flush=True)
             rows.append(row)
     else:
