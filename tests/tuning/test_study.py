@@ -82,7 +82,7 @@ def _two_workers(tmp_path: Path, space: Path, tiny_demo, storage: str, study: st
     open_storage(storage)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tunedet.cli.main", "tune", "retinanet/demo", str(space)]
-    cmd += [*tiny_demo, "threads=1", "train.max_iters=150", "--trials", "4"]
+    cmd += [*tiny_demo, "threads=1", "train.max_iters=150", "--trials", "4", "--workers", "1"]
     cmd += ["--storage", storage, "--study", study]
     cmd += ["--out", str(tmp_path / "shared"), "--sampler", "random"]
     workers = [

@@ -45,7 +45,7 @@ def study(tmp_path_factory, tiny_demo) -> dict:
     fixed = [*tiny_demo, "threads=1"]
     out = root / "demo"
     args = ["tune", "retinanet/demo", str(space), *fixed, "--out", str(out)]
-    args += ["--sampler", "random", "--pruner", "none", "--seed", "0"]
+    args += ["--sampler", "random", "--pruner", "none", "--seed", "0", "--workers", "1"]
     code, printed, err = run([*args, "--trials", "2"])
     assert code == 0, err
     return {

@@ -22,6 +22,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         threads=args.threads,
+        workers=args.workers,
         storage=args.storage,
         search=not args.no_search,
         progress=args.progress,
@@ -52,7 +53,17 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, search and training")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: all); search trials run --threads wide",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="search trials run side by side in processes (default: on a CPU the measured "
+        "layout, docs/TUNING.md; 1 on a GPU)",
+    )
     p.add_argument("--storage", help="study storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--no-search", action="store_true", help="train the rules' recipe only")
     p.add_argument("--progress", action="store_true", help="progress bar for the final training")

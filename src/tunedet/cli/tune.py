@@ -25,6 +25,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         results_table,
         write_best_config,
     )
+    from tunedet.tuning.trial_workers import WorkersInterrupted
 
     space = load_space(args.space)
     if args.trials is None and args.timeout_min is None:
@@ -51,6 +52,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         trials=args.trials,
         timeout_min=args.timeout_min,
         seed=args.seed,
+        workers=args.workers,
+        threads=args.threads,
     )
     if args.sampler == "grid":
         size = space.grid_size()
@@ -66,6 +69,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(
             f"tunedet tune: interrupted ({stop.args[0].split(':')[0]}); the running trial is "
             "recorded as failed: run the same command again to continue the study",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    except WorkersInterrupted as stop:  # the same, in every trial worker
+        print(
+            f"tunedet tune: interrupted ({stop}); the running trials are recorded as "
+            "failed: run the same command again to continue the study",
             file=sys.stderr,
         )
         return stop.exit_code
@@ -122,6 +132,18 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
     p.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
     p.add_argument("--seed", type=int, help="sampler seed (default: random)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="trials run side by side in their own processes on this machine (default: as "
+        "many as the cores hold at --threads, at most the trials left; 1 on a GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per trial (default: the config's threads, else the measured "
+        "TRIAL_THREADS; see docs/TUNING.md)",
+    )
     p.add_argument("--out", help="output folder (default: runs/tune/<study>)")
     p.add_argument(
         "--new-study",

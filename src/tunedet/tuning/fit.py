@@ -15,7 +15,9 @@ leave one → the final training. In order, all inside the wall-time budget:
    factor 3, first rung ``T/3``) stopping the weaker ones. The first trial is the rules'
    recipe unchanged. The study is stored in ``OUT/study.db`` (or ``--storage``, e.g.
    PostgreSQL): a re-run continues it, and its trials count against the budget again
-   only when run;
+   only when run. On a CPU the trials run side by side in P processes of T threads
+   (``tuning/trial_workers.py``; at most ``TRIALS_TARGET / 2`` processes), sized from
+   a second speed probe at T threads;
 5. the final training of the best trial's recipe with all the budget left
    (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py);
 6. outside the budget: the final evaluation on the validation split, with and without
@@ -25,6 +27,7 @@ leave one → the final training. In order, all inside the wall-time budget:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -49,6 +52,7 @@ FINDER_ITERS = (15, 50)  # fewer steps than the first: no finder
 SEARCH_SHARE = 0.3  # of the budget left after the LR finder
 TRIALS_TARGET = 8  # trials the search is sized for (pruned ones cost a third)
 MIN_TRIAL_ITERS = 30  # shorter trials would rank nothing: no search
+SIDE_BY_SIDE_MIN_S = 60  # a shorter search runs its trials one at a time, in this process
 METRIC = "AP50"
 
 
@@ -180,6 +184,7 @@ def fit(
     search: bool = True,
     progress: bool = False,
     log: Any = print,
+    workers: int | None = None,
 ) -> FitResult:
     """Configure and train a detector for ``data`` within ``budget`` (see the module
     docstring); returns a `FitResult` with the recipe, the checkpoint and the metrics."""
@@ -228,7 +233,7 @@ def fit(
     if search:
         outcome = run_search(
             base, knobs, train_spec, val_spec, classes, fp, out, clock, seconds_per_iter,
-            storage, seed, log,
+            storage, seed, log, workers, device_kind,
         )  # fmt: skip
         trials, importances, best, search_rule = outcome
         rules.append(search_rule)
@@ -394,27 +399,42 @@ def run_search(
     storage: str | None,
     seed: int,
     log: Any,
+    workers: int | None = None,
+    device_kind: str = "cpu",
 ) -> tuple[list[dict], dict[str, float], dict[str, Any], Rule]:
     """The multi-fidelity study (module docstring, step 4); returns (trial rows,
     importances, the best trial's knobs, the search's rule)."""
     from tunedet.tuning.fit_search import FitSearch
+    from tunedet.tuning.trial_workers import choose_layout
 
     search_seconds = SEARCH_SHARE * clock.left
+    layout = choose_layout(workers, None, knobs["threads"], device_kind, TRIALS_TARGET // 2)
+    if workers is None and search_seconds < SIDE_BY_SIDE_MIN_S:
+        # a worker process's start-up (seconds) would be a large share of the search
+        layout = choose_layout(1, None, knobs["threads"], device_kind, None)
+    trial_knobs = dict(knobs)
+    trial_speed = seconds_per_iter
+    if layout.workers > 1:
+        # P trials of T threads each: the trials' own speed, measured at that width
+        trial_knobs["threads"] = layout.threads
+        trial_speed = measure_speed_at(
+            recipe_raw(base, trial_knobs, train_spec, val_spec, classes),
+            out / "speed_probe_trial",
+        )
+        log(f"speed: {trial_speed:.3f} s per iteration at {layout.threads} thread(s) a trial")
     # a trial of T iterations costs about T/3 pruned or T complete; with two in three
-    # pruned the mean is ~0.56 T: size T so TRIALS_TARGET trials fit
-    trial_iters = int(search_seconds / (0.56 * TRIALS_TARGET * seconds_per_iter))
+    # pruned the mean is ~0.56 T: size T so TRIALS_TARGET trials fit, P at a time
+    trial_iters = int(layout.workers * search_seconds / (0.56 * TRIALS_TARGET * trial_speed))
     if trial_iters < MIN_TRIAL_ITERS:
         why = (
             f"no search: {search_seconds:.0f} s ({SEARCH_SHARE:.0%} of the budget left) holds "
-            f"trials of {trial_iters} iterations at {seconds_per_iter:.2f} s "
+            f"trials of {trial_iters} iterations at {trial_speed:.2f} s "
             f"(fewer than {MIN_TRIAL_ITERS}); the rules' recipe is trained"
         )
         return [], {}, {}, Rule("search", {}, why)
     trial_iters = 3 * math.ceil(trial_iters / 3)
     search = FitSearch(
-        make_raw=lambda chosen: recipe_raw(
-            base, {**knobs, **chosen}, train_spec, val_spec, classes
-        ),
+        make_raw=functools.partial(trial_raw, base, trial_knobs, train_spec, val_spec, classes),
         out=out,
         storage=storage,
         seed=seed,
@@ -425,7 +445,13 @@ def run_search(
     )
     started = clock.elapsed
     deadline = started + search_seconds
-    search.optimize(lambda: deadline - clock.elapsed)
+    if layout.workers > 1:
+        log(f"search: {layout}")
+        search.optimize_side_by_side(
+            time.monotonic() + search_seconds, layout.workers, layout.threads
+        )
+    else:
+        search.optimize(lambda: deadline - clock.elapsed)
     spent = clock.elapsed - started
     rows = search.rows()
     importances = search.importances()
@@ -439,13 +465,41 @@ def run_search(
     shown = ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items()
     )
+    side = (
+        f", {layout.workers} at a time × {layout.threads} thread(s)" if layout.workers > 1 else ""
+    )
     why = (
         f"{len(rows)} trial(s) of {trial_iters} iterations in {spent:.0f} s (planned "
-        f"{search_seconds:.0f} s) "
+        f"{search_seconds:.0f} s{side}) "
         f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
         f"best, {METRIC} {value:.3f} ({shown})"
     )
     return rows, importances, chosen, Rule("search", dict(chosen), why)
+
+
+def trial_raw(
+    base: dict,
+    knobs: dict,
+    train_spec: dict,
+    val_spec: dict,
+    classes: list[str],
+    chosen: dict[str, Any],
+) -> dict[str, Any]:
+    """A search trial's raw config: the recipe with the trial's knobs (a module-level
+    function, so that search worker processes receive it)."""
+    return recipe_raw(base, {**knobs, **chosen}, train_spec, val_spec, classes)
+
+
+def measure_speed_at(raw: dict[str, Any], run_dir: Path) -> float:
+    """``measure_speed`` at the recipe's ``threads``, leaving this process's torch thread
+    count as it was (the trainer sets it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return measure_speed(raw, run_dir)
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_final(

@@ -10,12 +10,16 @@ Optuna's successive-halving pruner (reduction factor 3, first rung at a third) s
 the trials that are not in the top third of their rung. The first trial of a new study
 is the rules' recipe (every multiplier 1, flips on). The study lives in ``OUT/study.db``
 or any SQLAlchemy URL (``tuning/study.py``'s storage: heartbeat, PostgreSQL): a re-run of
-fit continues it.
+fit continues it. On a CPU the trials run side by side, P worker processes of T torch
+threads each (``tuning/trial_workers.py``), all stopping at one deadline.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +43,16 @@ class FitSearch:
         overhead: bool,
         metric: str = "AP50",
         log: Any = print,
+        worker: int = 0,
+        workers: int = 1,
     ) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.make_raw = make_raw
         self.out = out
+        self.storage = storage
+        self.seed = seed
         self.trial_iters = trial_iters
         self.overhead = overhead
         self.metric = metric
@@ -61,7 +69,11 @@ class FitSearch:
             load_if_exists=True,
         )
         done = len(self.study.get_trials(deepcopy=False))
-        self.study.sampler = optuna.samplers.TPESampler(seed=seed + done, multivariate=True)
+        # workers started together differ by their index; with several, TPE's constant
+        # liar keeps them from sampling the same region
+        self.study.sampler = optuna.samplers.TPESampler(
+            seed=seed + done * workers + worker, multivariate=True, constant_liar=workers > 1
+        )
         if done == 0:
             first = {"lr_mult": 1.0, "scale_mult": 1.0}
             if not overhead:
@@ -116,9 +128,10 @@ class FitSearch:
         self.log(f"trial {trial.number}: {self.metric}={value:.4f} ({shown})")
         return value
 
-    def optimize(self, seconds_left: Any) -> None:
+    def optimize(self, seconds_left: Any, max_trials: int | None = None) -> None:
         """Run trials while ``seconds_left()`` is positive (a trial is started only when
-        at least a third of one fits)."""
+        at least a third of one fits) and the study holds fewer than ``max_trials``. An
+        interrupt or an error fails the running trial, then propagates."""
         import warnings
 
         from tunedet.engine.finite_guard import NonFiniteLossError
@@ -128,6 +141,8 @@ class FitSearch:
         while True:
             left = seconds_left()
             if left <= 0 or not self._fits(left):
+                return
+            if max_trials is not None and len(self.study.get_trials(deepcopy=False)) >= max_trials:
                 return
             trial = self.study.ask()
             try:
@@ -146,8 +161,43 @@ class FitSearch:
 
                     self.study.tell(trial, state=TrialState.PRUNED)
                     continue
+                self._fail(trial)
+                raise
+            except BaseException:  # Ctrl-C, SIGTERM in a worker
+                self._fail(trial)
                 raise
             self.study.tell(trial, value)
+
+    def _fail(self, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        self.study.tell(trial, state=TrialState.FAIL)
+
+    def optimize_side_by_side(
+        self, deadline: float, workers: int, threads: int | None, max_trials: int | None = None
+    ) -> None:
+        """``optimize`` in ``workers`` processes with ``threads`` torch threads each, until
+        ``deadline`` (a ``time.monotonic()`` value: one clock for every process here).
+        ``make_raw`` must be picklable (a module-level function or a partial of one)."""
+        from tunedet.tuning.trial_workers import run_workers
+
+        jobs = [
+            SearchWorkerJob(
+                self.make_raw,
+                self.out,
+                self.storage,
+                self.seed,
+                self.trial_iters,
+                self.overhead,
+                self.metric,
+                deadline,
+                worker,
+                workers,
+                max_trials,
+            )
+            for worker in range(workers)
+        ]
+        run_workers(search_worker, jobs, threads)
 
     def _fits(self, left: float) -> bool:
         """A new trial only when its first rung (a third of a complete trial) fits."""
@@ -200,6 +250,33 @@ class FitSearch:
         except (RuntimeError, ValueError):
             return {}
         return {k: float(v) for k, v in found.items()}
+
+
+@dataclass
+class SearchWorkerJob:
+    """What one search worker process needs to open the study and run trials."""
+
+    make_raw: Any
+    out: Path
+    storage: str | None
+    seed: int
+    trial_iters: int
+    overhead: bool
+    metric: str
+    deadline: float  # time.monotonic()
+    worker: int
+    workers: int
+    max_trials: int | None = None
+
+
+def search_worker(job: SearchWorkerJob) -> None:
+    """One worker's trials of the study (``trial_workers.run_workers``' target); the
+    study exists already (its first trial enqueued by the parent)."""
+    search = FitSearch(
+        job.make_raw, job.out, job.storage, job.seed, job.trial_iters, job.overhead,
+        job.metric, functools.partial(print, flush=True), job.worker, job.workers,
+    )  # fmt: skip
+    search.optimize(lambda: job.deadline - time.monotonic(), job.max_trials)
 
 
 def _fmt(value: Any) -> str:

@@ -11,15 +11,20 @@ storage and study name share it, so several processes or machines fill one study
 and re-running the command after an interruption continues it. ``--trials N`` is the
 study's total (finished or pruned trials, over every worker and every run); a run
 killed hard leaves its trial RUNNING until the heartbeat's grace period marks it failed.
+
+On one machine the command itself runs P trials side by side, each in its own process
+with T torch threads (``--workers P --threads T``; by default the layout that
+``benchmarks/trial_layout.py`` measured fastest: ``tuning/trial_workers.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +91,16 @@ def redact(url: str) -> str:
     return url
 
 
-def make_sampler(name: str, space: SearchSpace, seed: int | None) -> Any:
+def make_sampler(name: str, space: SearchSpace, seed: int | None, parallel: bool = False) -> Any:
+    """``parallel``: other trials run at the same time; TPE then treats their points as
+    bad ones (the constant liar) so two workers do not sample the same region."""
     import optuna
 
     if name == "tpe":
         # multivariate + group: TPE models the joint density and handles conditional keys.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=parallel
+        )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -128,6 +137,9 @@ class TuneJob:
     trials: int | None = None
     timeout_min: float | None = None
     seed: int | None = None
+    workers: int | None = None  # trial processes; None: chosen (trial_workers.choose_layout)
+    threads: int | None = None  # torch threads per trial; None: chosen likewise
+    worker: int = 0  # this process's index among the workers
     log: Any = print
     minutes: list[float] = field(default_factory=list)  # this process's trials, for the ETA
 
@@ -140,19 +152,22 @@ def run_trial(job: TuneJob, trial: Any) -> float:
     """The objective: train with the sampled overrides, report each evaluation, return the
     final metric. Raises ``optuna.TrialPruned`` when the pruner stops the run."""
     import optuna
+    import torch
 
     from tunedet.engine.trainer import Trainer
 
     chosen = job.space.sample(trial)
     shown = ", ".join(f"{k}={v}" for k, v in _short(chosen).items())
-    k = counted(trial.study) + 1
+    k = position(trial)
     of = f"{k}/{job.trials}" if job.trials else f"{k}"
     job.log(f"trial {of} (#{trial.number}) started: {shown}{_eta(job, k)}")
     # A trial never resumes: beside a folder left by an older study of the same name it
-    # starts in a numbered one (engine/run_dir.py).
-    cfg = load_config(
-        job.config, [*job.base_overrides, *overrides_for(chosen), "train.resume=false"]
-    )
+    # starts in a numbered one (engine/run_dir.py). The layout's threads, and no bar
+    # when several workers share the terminal, are not part of the study's identity.
+    runtime = ["train.resume=false", *([f"threads={job.threads}"] if job.threads else [])]
+    if (job.workers or 1) > 1:
+        runtime.append("train.progress=false")
+    cfg = load_config(job.config, [*job.base_overrides, *overrides_for(chosen), *runtime])
     run_dir = job.out / "trials" / f"{trial.number:04d}"
     metric = job.space.metric
     pruned_at: list[int] = []
@@ -169,6 +184,8 @@ def run_trial(job: TuneJob, trial: Any) -> float:
     try:
         trainer = Trainer(cfg, run_dir, log=lambda *_: None, on_evaluate=on_evaluate)
         trial.set_user_attr("run_dir", str(trainer.run_dir))  # a numbered one beside a leftover
+        trial.set_user_attr("threads", torch.get_num_threads())  # the trainer applied them
+        trial.set_user_attr("worker", job.worker)
         metrics = trainer.train()
     finally:
         minutes = (time.monotonic() - start) / 60
@@ -184,12 +201,26 @@ def run_trial(job: TuneJob, trial: Any) -> float:
     return float(value)
 
 
+def position(trial: Any) -> int:
+    """k of "trial k/N": 1 + the earlier-numbered trials that count or may still count
+    (complete, pruned, running), so trials started together by several workers get
+    different k."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    earlier = trial.study.get_trials(deepcopy=False, states=states)
+    return 1 + sum(1 for t in earlier if t.number < trial.number)
+
+
 def _eta(job: TuneJob, k: int) -> str:
     """``; ETA M min`` for the trials left (this one included) at the mean duration of this
-    process's trials so far; with a time budget only, the budget left."""
+    process's trials so far, ``workers`` at a time; with a time budget only, the budget
+    left."""
     if job.trials is not None and job.minutes:
-        left = (job.trials - k + 1) * sum(job.minutes) / len(job.minutes)
-        return f"; ETA {left:.1f} min for {job.trials - k + 1} trial(s)"
+        left = job.trials - k + 1
+        rounds = math.ceil(left / (job.workers or 1))
+        minutes = rounds * sum(job.minutes) / len(job.minutes)
+        return f"; ETA {minutes:.1f} min for {left} trial(s)"
     if job.timeout_min is not None:
         spent = sum(job.minutes)
         return f"; {max(job.timeout_min - spent, 0):.1f} min of --timeout-min left"
@@ -300,9 +331,12 @@ def load_study(job: TuneJob) -> Any:
             f"version ({first}): give another --storage or --out"
         ) from None
     # A seeded sampler restarted on an existing study would replay its first picks:
-    # offset the seed by the trials already there (re-runs and extra workers differ).
-    seed = None if job.seed is None else job.seed + len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(job.sampler, job.space, seed)
+    # offset the seed by the trials already there (re-runs and extra workers differ),
+    # and the workers started together by their index.
+    workers = job.workers or 1
+    there = len(study.get_trials(deepcopy=False))
+    seed = None if job.seed is None else job.seed + there * workers + job.worker
+    study.sampler = make_sampler(job.sampler, job.space, seed, parallel=workers > 1)
     return study
 
 
@@ -315,11 +349,10 @@ def counted(study: Any) -> int:
 
 def optimize(job: TuneJob) -> Any:
     """Run trials until the study holds ``job.trials`` counted trials or ``timeout_min``
-    passes (whichever first); returns the study."""
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    from tunedet.engine.finite_guard import NonFiniteLossError
+    passes (whichever first), ``layout.workers`` at a time (``trial_layout``); returns
+    the study. Several workers run in spawned processes (``trial_workers.run_workers``):
+    an error in one is raised here as one line, Ctrl-C as ``WorkersInterrupted``."""
+    from tunedet.tuning.trial_workers import run_workers
 
     study = load_study(job)
     done = counted(study)
@@ -328,19 +361,56 @@ def optimize(job: TuneJob) -> Any:
         return study
     if done:
         job.log(f"continuing study '{job.study_name}' ({done} trials so far)")
+    layout = trial_layout(job, None if job.trials is None else job.trials - done)
+    job.log(f"layout: {layout}")
+    job = replace(job, workers=layout.workers, threads=layout.threads)
+    if layout.workers == 1:
+        run_trials(job, study)
+        return study
+    jobs = [
+        replace(job, worker=i, log=functools.partial(print, flush=True))
+        for i in range(layout.workers)
+    ]
+    run_workers(_worker_trials, jobs, layout.threads)
+    return study
+
+
+def trial_layout(job: TuneJob, trials_left: int | None) -> Any:
+    """The job's ``TrialLayout``: its flags, the config's threads and device."""
+    from tunedet.engine.build import resolve_device
+    from tunedet.tuning.trial_workers import choose_layout
+
+    cfg = load_config(job.config, job.base_overrides)
+    device = resolve_device(cfg.device).type
+    return choose_layout(job.workers, job.threads, cfg.threads, device, trials_left)
+
+
+def _worker_trials(job: TuneJob) -> None:
+    """One worker process's part of the study (``trial_workers.run_workers``' target)."""
+    run_trials(job, load_study(job))
+
+
+def run_trials(job: TuneJob, study: Any) -> None:
+    """This process's trials: until the study's count (running trials of other workers
+    included) reaches ``job.trials``, or ``timeout_min`` passes."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from tunedet.engine.finite_guard import NonFiniteLossError
+
     callbacks = []
     if job.trials is not None:
-        states = (TrialState.COMPLETE, TrialState.PRUNED)
+        # running trials count: another worker's trial in flight will finish the study
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         callbacks.append(MaxTrialsCallback(job.trials, states=states))
     study.optimize(
         lambda trial: run_trial(job, trial),
-        n_trials=None if job.trials is None else job.trials - done,
+        n_trials=None if job.trials is None else max(job.trials - counted(study), 1),
         timeout=job.timeout_min * 60 if job.timeout_min else None,
         callbacks=callbacks,
         catch=(NonFiniteLossError, ConfigError),
         gc_after_trial=True,
     )
-    return study
 
 
 def results_table(study: Any, space: SearchSpace) -> str:
