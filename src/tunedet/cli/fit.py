@@ -56,7 +56,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for torch (default: all); search trials run --threads wide",
+        help="CPU threads for torch (default: all); alone, the search runs one trial at a time",
     )
     p.add_argument(
         "--workers",

@@ -16,8 +16,9 @@ leave one → the final training. In order, all inside the wall-time budget:
    recipe unchanged. The study is stored in ``OUT/study.db`` (or ``--storage``, e.g.
    PostgreSQL): a re-run continues it, and its trials count against the budget again
    only when run. On a CPU the trials run side by side in P processes of T threads
-   (``tuning/trial_workers.py``; at most ``TRIALS_TARGET / 2`` processes), sized from
-   a second speed probe at T threads;
+   (``tuning/trial_workers.py``; at most ``TRIALS_TARGET / 2`` processes; one at a time
+   when ``threads`` alone is given, or the search is short), sized from a second speed
+   probe at T threads;
 5. the final training of the best trial's recipe with all the budget left
    (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py);
 6. outside the budget: the final evaluation on the validation split, with and without
@@ -409,8 +410,9 @@ def run_search(
 
     search_seconds = SEARCH_SHARE * clock.left
     layout = choose_layout(workers, None, knobs["threads"], device_kind, TRIALS_TARGET // 2)
-    if workers is None and search_seconds < SIDE_BY_SIDE_MIN_S:
-        # a worker process's start-up (seconds) would be a large share of the search
+    if workers is None and (knobs["threads"] or search_seconds < SIDE_BY_SIDE_MIN_S):
+        # --threads alone caps the CPU fit uses (the fit table compares at equal threads);
+        # in a short search a worker process's start-up would be a large share of it
         layout = choose_layout(1, None, knobs["threads"], device_kind, None)
     trial_knobs = dict(knobs)
     trial_speed = seconds_per_iter
