@@ -24,6 +24,24 @@ def tiny_coco(tmp_path_factory):
     return write_coco(shapes, root)
 
 
+# the rules' choices for a tiny search: native scale, the demo's pyramid, ATSS, flips only
+TINY_KNOBS = {
+    "scale": 1.0,
+    "crop": None,
+    "strides": [8, 16, 32],
+    "out_indices": [2, 3, 4],
+    "num_outs": 3,
+    "ratios": [1.0],
+    "assigner": {"type": "atss", "topk": 9},
+    "flips": [{"type": "hflip", "p": 0.5}],
+    "mosaic": None,
+    "batch_size": 4,
+    "max_dets": 100,
+    "lr": 0.002,
+    "threads": 1,
+}
+
+
 def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, monkeypatch):
     # short trials allowed, so that a fast machine runs the search inside seconds
     monkeypatch.setattr(fit_module, "MIN_TRIAL_ITERS", 3)
@@ -135,21 +153,7 @@ def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, 
     from tunedet.config.loader import load_raw
 
     base = load_raw(fit_module._base_path())
-    knobs = {
-        "scale": 1.0,
-        "crop": None,
-        "strides": [8, 16, 32],
-        "out_indices": [2, 3, 4],
-        "num_outs": 3,
-        "ratios": [1.0],
-        "assigner": {"type": "atss", "topk": 9},
-        "flips": [{"type": "hflip", "p": 0.5}],
-        "mosaic": None,
-        "batch_size": 4,
-        "max_dets": 100,
-        "lr": 0.002,
-        "threads": 1,
-    }
+    knobs = dict(TINY_KNOBS)
     spec = {"type": "coco", "ann_file": str(tiny_coco), "img_dir": str(tiny_coco.parent / "images")}
     search = FitSearch(
         lambda chosen: fit_module.recipe_raw(base, {**knobs, **chosen}, spec, spec, ["a", "b"]),
@@ -198,21 +202,7 @@ def test_search_trials_run_side_by_side_in_worker_processes(tiny_coco, tmp_path)
     from tunedet.config.loader import load_raw
 
     base = load_raw(fit_module._base_path())
-    knobs = {
-        "scale": 1.0,
-        "crop": None,
-        "strides": [8, 16, 32],
-        "out_indices": [2, 3, 4],
-        "num_outs": 3,
-        "ratios": [1.0],
-        "assigner": {"type": "atss", "topk": 9},
-        "flips": [{"type": "hflip", "p": 0.5}],
-        "mosaic": None,
-        "batch_size": 4,
-        "max_dets": 100,
-        "lr": 0.002,
-        "threads": 1,
-    }
+    knobs = dict(TINY_KNOBS)
     spec = {"type": "coco", "ann_file": str(tiny_coco), "img_dir": str(tiny_coco.parent / "images")}
     make_raw = functools.partial(fit_module.trial_raw, base, knobs, spec, spec, ["a", "b"])
     search = FitSearch(make_raw, tmp_path, None, 0, trial_iters=3, overhead=False)
