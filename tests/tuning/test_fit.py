@@ -229,3 +229,17 @@ def test_tunedet_fit_is_the_pipeline(monkeypatch):
     monkeypatch.setattr(fit_module, "fit", lambda data, **kw: seen.update(data=data, **kw) or "ok")
     assert tunedet.fit("d.json", budget="2m", seed=3) == "ok"
     assert seen == {"data": "d.json", "budget": "2m", "out": None, "seed": 3}
+
+
+def test_lr_finder_rule_runs_on_the_rules_recipe_before_its_length_is_known(tiny_coco):
+    # The recipe has no length until the budget is split; the finder's config needs one.
+    from tunedet.config.loader import load_raw
+
+    base = load_raw(fit_module._base_path())
+    spec = {"type": "coco", "ann_file": str(tiny_coco), "img_dir": str(tiny_coco.parent / "images")}
+    clock = fit_module.Clock(1000.0)  # 8 % of it holds the finder's 15 steps at 1 s each
+    knobs = {**TINY_KNOBS, "batch_size": 2}
+    rule = fit_module.find_lr(base, knobs, spec, spec, ["a", "b"], clock, seconds_per_iter=1.0)
+    assert rule.name == "lr"
+    assert "no LR finder" not in rule.reason
+    assert rule.knobs["lr"] > 0

@@ -374,7 +374,9 @@ def find_lr(
             f"{seconds_per_iter:.2f} s (fewer than {FINDER_ITERS[0]})"
         )
         return lr_rule(None, base_lr, detail)
-    cfg = validated(recipe_raw(base, knobs, train_spec, val_spec, classes))
+    raw = recipe_raw(base, knobs, train_spec, val_spec, classes)
+    raw["train"].update(max_iters=iters, max_minutes=None)  # the recipe's length comes later
+    cfg = validated(raw)
     result = run_lr_finder(cfg, start=base_lr / 100, end=base_lr * 100, iters=iters, progress=False)
     try:
         suggested = result.suggestion("min/10") if len(result.lrs) >= 5 else None
