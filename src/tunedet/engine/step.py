@@ -76,25 +76,29 @@ def compile_loss(model: nn.Module, log: Callable[[str], Any] = print) -> Callabl
     fails on the first batch (Inductor cannot lower the R-CNN heads' data-dependent
     sizes in torch 2.14), that is said in one line and training goes on uncompiled."""
     compiled = torch.compile(model.loss)
-    state = {"first": True, "loss": None}
+    chosen: Callable[..., Losses] | None = None  # after the first batch: what ran it
+
+    def captured(*args: Any, **kwargs: Any) -> Losses:
+        with torch._dynamo.config.patch(**CAPTURE_DATA_DEPENDENT):
+            return compiled(*args, **kwargs)
 
     def loss(*args: Any, **kwargs: Any) -> Losses:
-        if state["loss"] is not None:
-            return state["loss"](*args, **kwargs)
-        with torch._dynamo.config.patch(**CAPTURE_DATA_DEPENDENT):
-            if not state["first"]:
-                return compiled(*args, **kwargs)
-            state["first"] = False
-            try:
-                return compiled(*args, **kwargs)
-            except (torch._dynamo.exc.TorchDynamoException, RuntimeError) as error:
-                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-                log(
-                    f"train.compile: torch.compile failed on {type(model).__name__}'s loss "
-                    f"({type(error).__name__}: {reason}); training continues uncompiled"
-                )
-                state["loss"] = model.loss
-        return model.loss(*args, **kwargs)
+        nonlocal chosen
+        if chosen is not None:
+            return chosen(*args, **kwargs)
+        try:
+            losses = captured(*args, **kwargs)
+            chosen = captured
+            return losses
+        except (torch._dynamo.exc.TorchDynamoException, RuntimeError) as error:
+            lines = str(error).strip().splitlines()
+            log(
+                f"train.compile: torch.compile failed on {type(model).__name__}'s loss "
+                f"({type(error).__name__}: {lines[0][:200] if lines else ''}); "
+                "training continues uncompiled"
+            )
+            chosen = model.loss
+            return model.loss(*args, **kwargs)
 
     return loss
 
