@@ -20,7 +20,8 @@ Rows per dataset and seed:
 
 Each finished row is kept in its run folder (``row.json``, with the budget and threads it
 was measured at) and reused by a later run of the same command, so the table can be
-filled over several sessions; a verdict table per dataset follows the rows.
+filled over several sessions (``--cached-only`` prints what is kept and runs nothing); a
+verdict table per dataset follows the rows.
 """
 
 from __future__ import annotations
@@ -196,6 +197,11 @@ def main() -> None:
         action="store_true",
         help="train each fit trial again at the final length and print Spearman's rho",
     )
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="print the rows measured before (row.json) and run nothing",
+    )
     args = parser.parse_args()
     names = args.only.split(",") if args.only else NAMES
     methods = args.methods.split(",")
@@ -230,6 +236,8 @@ def cached_row(method: str, name: str, paths: dict, seed: int, args: argparse.Na
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["row"]
+    if args.cached_only:
+        return None
     row = run_method(method, name, paths, seed, args)
     if row is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -145,5 +145,5 @@ def test_detector_refuses_fp16_autocast_on_the_cpu(tiny_demo):
     from tunedet.models import build_detector
 
     cfg = load_config("retinanet/demo", list(tiny_demo))
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+    with pytest.raises(ValueError, match="^amp=fp16 needs a CUDA device"):
         tunedet.Detector(build_detector(cfg.model.model_dump()), cfg, torch.device("cpu"), "fp16")

@@ -97,7 +97,7 @@ class Detector:
         from tunedet.engine.amp import check_amp
         from tunedet.engine.test_time_augmentation import with_tta
 
-        check_amp(amp, device)
+        check_amp(amp, device, name="amp")
         self.model = model
         self.amp = amp
         self.cfg = cfg

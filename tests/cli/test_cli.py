@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -201,4 +202,32 @@ def test_infer_passes_amp_to_the_detector(trained_run: Path, tmp_path: Path, cap
     assert main([*args, "--out", str(tmp_path / "bf16"), "--amp", "bf16"]) == 0
     assert (tmp_path / "bf16" / "detections.json").is_file()
     assert main([*args, "--out", str(tmp_path / "fp16"), "--amp", "fp16"]) == 2
-    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert "--amp=fp16 needs a CUDA device" in capsys.readouterr().err  # the flag, not a key
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_fit_interrupted_in_its_training_ends_in_one_line(monkeypatch, capsys, signum):
+    """``fit`` does not catch the trainer's interruption itself: the CLI turns it into one
+    line and ``128 + signal``; the trial workers' interruption keeps its signal too."""
+    import tunedet.tuning.fit as fit_module
+    from tunedet.engine.interrupt import TrainingInterrupted
+    from tunedet.tuning.trial_workers import WorkersInterrupted
+
+    def stopped_in_training(*_args, **_kwargs):
+        raise TrainingInterrupted(signum, 7, "runs/fit/final/last.pt")
+
+    monkeypatch.setattr(fit_module, "fit", stopped_in_training)
+    assert main(["fit", "data.yaml"]) == 128 + signum
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err.strip() == (
+        f"tunedet fit: {signal.Signals(signum).name} at iteration 7: saved "
+        "runs/fit/final/last.pt; run the same command again to resume"
+    )
+
+    def stopped_in_search(*_args, **_kwargs):
+        raise WorkersInterrupted(signum)
+
+    monkeypatch.setattr(fit_module, "fit", stopped_in_search)
+    assert main(["fit", "data.yaml"]) == 128 + signum
+    assert capsys.readouterr().err.strip() == "tunedet fit: interrupted"

@@ -59,3 +59,14 @@ def test_bench_amp_bf16_adds_an_autocast_row_compared_with_eager(tiny_demo, caps
     row = next(line for line in capsys.readouterr().out.splitlines() if "bf16" in line)
     assert row.startswith("infer eager + bf16 autocast")
     assert " vs " in row and "detections, max diff" in row
+
+
+def test_bench_says_why_a_detector_has_no_onnx_row(tiny_demo, capsys):
+    """FCOS decodes points and centerness, not RetinaNet's anchors: its ONNX row is n/a
+    with the reason, and the other rows are still timed (it used to stop with an error)."""
+    argv = ["bench", "fcos/demo", *tiny_demo, "threads=1"]
+    assert main([*argv, "--repeats", "1", "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("infer folded + channels_last") for line in lines)
+    row = next(line for line in lines if line.startswith("infer onnxruntime"))
+    assert "n/a" in row and "FCOS: the dense graph's torch post-processing is RetinaNet's" in row

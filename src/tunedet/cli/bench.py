@@ -3,7 +3,8 @@
 Prints one table: training img/s (loss + backward + SGD step on one batch of the config's
 training data) and inference img/s on one batch of its validation data for eager
 PyTorch, conv-BN folded + channels_last, and ONNX Runtime (dense network exported;
-post-processing in torch for all three), each path's detections checked equal to eager's
+post-processing in torch for all three; RetinaNet only, other detectors print the ONNX
+row as n/a with the reason), each path's detections checked equal to eager's
 before timing. ``--amp bf16`` (or fp16 on CUDA) adds eager inference under autocast, its
 detections compared with eager's (count and largest difference) but not required equal.
 Medians over ``--repeats`` with the min–max.
@@ -21,6 +22,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from tunedet.config.loader import load_config
     from tunedet.data.build import build_dataset, build_loader
+    from tunedet.deploy.export import raw_export_unsupported
     from tunedet.deploy.speed import (
         amp_path_name,
         describe,
@@ -33,7 +35,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tunedet.models import build_detector
 
     cfg = load_config(args.config, args.overrides)
-    check_amp(args.amp, torch.device("cpu"))
+    check_amp(args.amp, torch.device("cpu"), name="--amp")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -84,8 +86,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         gt_masks=train_batch.gt_masks,
     )
     model.eval()
+    no_onnx = None if args.no_onnx else raw_export_unsupported(model)
     paths = inference_paths(
-        model, int(height), threads=cfg.threads, onnx=not args.no_onnx, amp=args.amp
+        model, int(height), threads=cfg.threads, onnx=not args.no_onnx and not no_onnx, amp=args.amp
     )
     approximate = (amp_path_name(args.amp),)
     rows = inference_speeds(
@@ -105,6 +108,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"{'infer ' + name:28s} {describe(row['times'], len(val_batch)):>28s}  {ratio:6.2f}×  {check}"
         )
+    if no_onnx:
+        print(f"{'infer onnxruntime':28s} {'n/a':>28s}  {no_onnx}")
     return 0
 
 

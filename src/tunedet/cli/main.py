@@ -211,6 +211,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from tunedet.analysis.draw import draw_detections
     from tunedet.api import Detector, load_model, read_rgb
     from tunedet.data.build import IMAGE_SUFFIXES
+    from tunedet.engine.amp import check_amp
 
     checkpoint, config = checkpoint_and_config(args)
     files: list[Path] = []
@@ -222,7 +223,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such image file or folder")
-    detector = Detector(*load_model(checkpoint, config, args.overrides), amp=args.amp)
+    model, cfg, device = load_model(checkpoint, config, args.overrides)
+    check_amp(args.amp, device, name="--amp")  # the flag's name in the message
+    detector = Detector(model, cfg, device, amp=args.amp)
     out_dir = new_numbered_dir(Path(args.out))
     found = []
     for path in files:
@@ -700,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunedet.config.loader import ConfigError
     from tunedet.engine.checkpoint import CheckpointError
     from tunedet.engine.finite_guard import NonFiniteLossError
+    from tunedet.engine.interrupt import TrainingInterrupted
 
     expected = (
         ConfigError,
@@ -720,9 +724,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tunedet {args.command}: error: {one_line_error(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except TrainingInterrupted as stop:  # where the command itself does not say more (fit)
+        print(f"tunedet {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt as stop:  # trial workers' interruption carries its signal
         print(f"tunedet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)
 
 
 if __name__ == "__main__":

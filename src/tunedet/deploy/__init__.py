@@ -9,6 +9,7 @@ from tunedet.deploy.export import (
     export_dense,
     feature_sizes,
     max_abs_difference,
+    raw_export_unsupported,
 )
 from tunedet.deploy.fold import fold_bn_into_conv, fold_conv_bn, to_channels_last
 
@@ -22,5 +23,6 @@ __all__ = [
     "fold_bn_into_conv",
     "fold_conv_bn",
     "max_abs_difference",
+    "raw_export_unsupported",
     "to_channels_last",
 ]

@@ -46,6 +46,21 @@ def feature_sizes(detector: nn.Module, image_size: int) -> list[tuple[int, int]]
         return [tuple(f.shape[-2:]) for f in detector.neck(detector.backbone(probe))]
 
 
+def raw_export_unsupported(detector: nn.Module) -> str | None:
+    """Why ``ExportedDetector.predict`` (the dense graph + ``detections_from_dense``)
+    would not reproduce ``detector.predict``, or None. It decodes as RetinaNet does:
+    sigmoid scores per anchor, anchor deltas, class-wise NMS; SSD (softmax over priors)
+    and the anchor-free or two-stage detectors decode otherwise."""
+    from tunedet.models.detectors.retinanet import RetinaNet
+
+    if type(detector) is RetinaNet:
+        return None
+    return (
+        f"{type(detector).__name__}: the dense graph's torch post-processing is RetinaNet's "
+        "(tunedet export without --raw writes the end-to-end graph)"
+    )
+
+
 def detections_from_dense(
     detector: nn.Module,
     cls_logits: Tensor,

@@ -60,13 +60,14 @@ def resolve_amp(mode: AmpMode, device: torch.device, model_type: str) -> tuple[s
     return "bf16", f"auto: {why}, and {model_type} keeps its AP in bf16"
 
 
-def check_amp(mode: AmpMode, device: torch.device) -> None:
+def check_amp(mode: AmpMode, device: torch.device, name: str = "train.amp") -> None:
     """Refuse combinations that do not work: fp16 needs CUDA (its autocast and loss
-    scaling are not supported elsewhere), bf16 needs CPU or CUDA."""
+    scaling are not supported elsewhere), bf16 needs CPU or CUDA. ``name`` is the key or
+    flag the mode came from, for the message."""
     if mode == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.amp=fp16 needs a CUDA device (got {device.type}); use bf16")
+        raise ValueError(f"{name}=fp16 needs a CUDA device (got {device.type}); use bf16")
     if mode == "bf16" and device.type not in ("cpu", "cuda"):
-        raise ValueError(f"train.amp=bf16 runs on CPU or CUDA, not on {device.type}")
+        raise ValueError(f"{name}=bf16 runs on CPU or CUDA, not on {device.type}")
 
 
 def autocast(mode: AmpMode, device: torch.device) -> contextlib.AbstractContextManager:
