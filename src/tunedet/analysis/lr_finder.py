@@ -95,8 +95,13 @@ def run_lr_finder(
     from tqdm import tqdm
 
     from tunedet.data.build import build_dataset
-    from tunedet.engine.build import resolve_device, seed_everything, train_loader
-    from tunedet.engine.optim import build_optimizer, clip_gradients
+    from tunedet.engine.build import (
+        build_optimizer_for,
+        resolve_device,
+        seed_everything,
+        train_loader,
+    )
+    from tunedet.engine.optim import clip_gradients
     from tunedet.models import build_detector
     from tunedet.models.detectors import loss_extras
 
@@ -106,7 +111,7 @@ def run_lr_finder(
     device = resolve_device(cfg.device)
     dataset = build_dataset(cfg.data.train)
     model = build_detector(cfg.model.model_dump()).to(device).train()
-    optimizer = build_optimizer(model, cfg.optim.model_dump(), batch_size=cfg.data.batch_size)
+    optimizer = build_optimizer_for(cfg, model)  # as training builds it (effective batch)
     # Parameter groups may scale the base LR (param_multipliers): keep their ratios.
     base = float(optimizer.defaults["lr"])
     ratios = [group["lr"] / base for group in optimizer.param_groups]
