@@ -102,9 +102,7 @@ def run_recipe(
     }
 
 
-def run_fit(
-    paths: dict, run: Path, minutes: float, seed: int, threads: int, rank_check: bool = False
-) -> dict:
+def run_fit(paths: dict, run: Path, minutes: float, seed: int, threads: int) -> dict:
     from tunedet.config.loader import load_config
     from tunedet.engine.build import model_from_checkpoint
     from tunedet.tuning.fit import fit
@@ -195,7 +193,7 @@ def main() -> None:
     parser.add_argument(
         "--rank-check",
         action="store_true",
-        help="train each fit trial again at the final length and print Spearman's rho",
+        help="train each fit run's trials again at its final length and print Spearman's rho",
     )
     parser.add_argument(
         "--cached-only",
@@ -225,6 +223,8 @@ def main() -> None:
                 if row.get("note"):
                     print(f"<!-- {name} seed {seed}: {row['note']} -->", flush=True)
     print_verdict(rows)
+    if args.rank_check:
+        print_rank_check(rows, args)
 
 
 def cached_row(method: str, name: str, paths: dict, seed: int, args: argparse.Namespace):
@@ -279,11 +279,35 @@ def print_verdict(rows: list[dict]) -> None:
         )
 
 
+def print_rank_check(rows: list[dict], args: argparse.Namespace) -> None:
+    """Spearman's ρ between each fit run's short trials and the same recipes trained at
+    the final run's length (``tunedet.tuning.fit.rank_agreement``; kept in the run's
+    ``fit.json``, measured once)."""
+    from tunedet.tuning.fit import rank_agreement
+
+    print("\n| dataset | seed | trials | iterations | Spearman ρ |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        if row["method"] != "fit":
+            continue
+        run = args.work_dir / row["dataset"] / str(row["seed"]) / "fit"
+        rank = json.loads((run / "fit.json").read_text()).get("rank_agreement")
+        if rank is None and args.cached_only:
+            continue
+        if rank is None:
+            rank = rank_agreement(run, log=lambda *_: None)
+        print(
+            f"| {row['dataset']} | {row['seed']} | {len(rank['runs'])} | {rank['iterations']} | "
+            f"{rank['spearman']:.2f} |",
+            flush=True,
+        )
+
+
 def run_method(method: str, name: str, paths: dict, seed: int, args: argparse.Namespace):
     """One row's figures, or None when the method has no row for this dataset."""
     run = args.work_dir / name / str(seed) / method
     if method == "fit":
-        return run_fit(paths, run, args.budget, seed, args.threads, args.rank_check)
+        return run_fit(paths, run, args.budget, seed, args.threads)
     if method == "demo":
         return run_recipe("retinanet/demo", paths, run, args.budget, seed, args.threads)
     if method == "hand":

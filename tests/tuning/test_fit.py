@@ -188,11 +188,17 @@ def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, 
         metrics={},
         trials=rows,
     )
-    (tmp_path / "fit.json").write_text(json.dumps({"budget_seconds": 60}))
-    rank = fit_module.rank_agreement(result, max_iters=2, log=lambda *_: None)
+    from tunedet.tuning.fit_report import fit_record
+
+    (tmp_path / "fit.json").write_text(json.dumps(fit_record(result, 60.0)))
+    rank = fit_module.rank_agreement(tmp_path, max_iters=2, log=lambda *_: None)  # the folder
     assert len(rank["runs"]) == 3  # rho is nan when every full-length run ties
     assert (tmp_path / "rank_check" / "0000" / "metrics.json").is_file()
-    assert "Spearman" in (tmp_path / "report.html").read_text()
+    kept = json.loads((tmp_path / "fit.json").read_text())["rank_agreement"]
+    assert kept["runs"] == rank["runs"] and kept["iterations"] == 2
+    page = (tmp_path / "report.html").read_text()
+    assert "Spearman" in page and "data:image/png;base64," in page  # the scatter, inlined
+    assert (tmp_path / "rank_agreement.png").stat().st_size > 1000
 
 
 def test_search_trials_run_side_by_side_in_worker_processes(tiny_coco, tmp_path):
@@ -229,6 +235,28 @@ def test_tunedet_fit_is_the_pipeline(monkeypatch):
     monkeypatch.setattr(fit_module, "fit", lambda data, **kw: seen.update(data=data, **kw) or "ok")
     assert tunedet.fit("d.json", budget="2m", seed=3) == "ok"
     assert seen == {"data": "d.json", "budget": "2m", "out": None, "seed": 3}
+
+
+def test_fit_cli_rank_check_measures_after_the_budget(monkeypatch, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from tunedet.cli.main import main
+
+    done = SimpleNamespace(out=tmp_path, metrics={"AP": 0.5}, report=tmp_path / "report.html")
+    calls = []
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **kw: done)
+    monkeypatch.setattr(
+        fit_module,
+        "rank_agreement",
+        lambda out: calls.append(out) or {"spearman": 0.8, "runs": [{}] * 5, "iterations": 90},
+    )
+    assert main(["fit", "d.json", "--budget", "1m"]) == 0
+    assert calls == []  # not asked for: no extra trainings
+    assert main(["fit", "d.json", "--budget", "1m", "--rank-check"]) == 0
+    assert calls == [tmp_path]
+    assert "Spearman rho 0.80 over 5 trials trained again for 90 iterations" in (
+        capsys.readouterr().out
+    )
 
 
 def test_lr_finder_rule_runs_on_the_rules_recipe_before_its_length_is_known(tiny_coco):

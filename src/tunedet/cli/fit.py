@@ -28,6 +28,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     print(json.dumps({k: round(v, 4) for k, v in result.metrics.items() if "/" not in k}))
+    if args.rank_check:
+        from tunedet.tuning.fit import rank_agreement
+
+        rank = rank_agreement(result.out)
+        print(
+            f"rank agreement: Spearman rho {rank['spearman']:.2f} over {len(rank['runs'])} "
+            f"trials trained again for {rank['iterations']} iterations; report: {result.report}"
+        )
     return 0
 
 
@@ -67,4 +75,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="study storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--no-search", action="store_true", help="train the rules' recipe only")
     p.add_argument("--progress", action="store_true", help="progress bar for the final training")
+    p.add_argument(
+        "--rank-check",
+        action="store_true",
+        help="after the budget: train every search trial again at the final length and "
+        "report Spearman's rho between short and full ranks (one training per trial)",
+    )
     p.set_defaults(func=cmd_fit)

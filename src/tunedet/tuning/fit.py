@@ -281,9 +281,9 @@ def fit(
         timings={k: round(v, 1) for k, v in timings.items()},
         split=split_note,
     )
-    from tunedet.tuning.fit_report import write_fit_report
+    from tunedet.tuning.fit_report import fit_record, write_fit_report
 
-    result.report = write_fit_report(result, clock.seconds)
+    result.report = write_fit_report(out, fit_record(result, clock.seconds))
     log(f"recipe: {recipe}\nreport: {result.report}")
     return result
 
@@ -562,36 +562,37 @@ def write_recipe(out: Path, raw: dict[str, Any], rules: list[Rule]) -> Path:
     return path
 
 
-def rank_agreement(result: FitResult, max_iters: int | None = None, log: Any = print) -> dict:
-    """Train every searched trial's recipe (``OUT/trials/NNNN/config.yaml``) at the final
-    run's length (or ``max_iters``) and compare the ranks: Spearman's ρ between each
-    trial's last reported AP50 (short) and its full-length AP50 on the validation split.
-    Costs one full training per trial; the report is rewritten with the figure."""
+def rank_agreement(out: str | Path, max_iters: int | None = None, log: Any = print) -> dict:
+    """Train every searched trial's recipe (``OUT/trials/NNNN/config.yaml``) of the fit
+    run in ``out`` at its final run's length (or ``max_iters``) and compare the ranks:
+    Spearman's ρ between each trial's last reported AP50 (short) and its full-length AP50
+    on the validation split. Costs one full training per trial; ``fit.json`` and the
+    report are rewritten with the figure."""
     from scipy.stats import spearmanr
 
     from tunedet.config.loader import load_config
     from tunedet.engine.trainer import Trainer
+    from tunedet.tuning.fit_report import write_fit_report
 
-    length = max_iters or load_config(str(result.recipe)).train.max_iters
+    out = Path(out)
+    record = json.loads((out / "fit.json").read_text())
+    length = max_iters or load_config(record["recipe"]).train.max_iters
     runs = []
-    for row in result.trials:
+    for row in record["trials"]:
         if row["value"] is None:
             continue
-        folder = result.out / "trials" / f"{row['trial']:04d}"
+        folder = out / "trials" / f"{row['trial']:04d}"
         cfg = load_config(
             str(folder / "config.yaml"),
             [f"train.max_iters={length}", "train.max_minutes=null", "train.eval_every=0",
              "train.resume=false"],
         )  # fmt: skip
-        full = Trainer(cfg, result.out / "rank_check" / folder.name, log=lambda *_: None).train()
+        full = Trainer(cfg, out / "rank_check" / folder.name, log=lambda *_: None).train()
         runs.append({"trial": row["trial"], "short": row["value"], "full": full.get(METRIC, 0.0)})
         log(f"trial {row['trial']}: short {row['value']:.4f}, full {runs[-1]['full']:.4f}")
     if len(runs) < 3:
         raise ValueError(f"rank agreement needs 3 trials with a value, the study has {len(runs)}")
     rho = float(spearmanr([r["short"] for r in runs], [r["full"] for r in runs]).statistic)
     rank = {"spearman": rho, "iterations": length, "runs": runs}
-    from tunedet.tuning.fit_report import write_fit_report
-
-    budget = json.loads((result.out / "fit.json").read_text())["budget_seconds"]
-    write_fit_report(result, budget, rank)
+    write_fit_report(out, {**record, "rank_agreement": rank})
     return rank

@@ -5,6 +5,7 @@ went, and the final metrics. One self-contained HTML file (no script, no network
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from pathlib import Path
@@ -113,7 +114,31 @@ def search_section(trials: list[dict[str, Any]], importances: dict[str, float]) 
     return "\n".join(parts)
 
 
-def rank_section(rank: dict[str, Any] | None) -> str:
+def rank_plot(rank: dict[str, Any], path: Path) -> Path:
+    """Scatter of each trial's short AP50 against its full-length AP50, with ρ."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    short = [r["short"] for r in rank["runs"]]
+    full = [r["full"] for r in rank["runs"]]
+    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=100)
+    ax.scatter(short, full, color="#4a7fb5")
+    for r in rank["runs"]:
+        ax.annotate(str(r["trial"]), (r["short"], r["full"]), fontsize=8, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("short trial AP50 (validation)")
+    ax.set_ylabel(f"AP50 after {rank['iterations']} iterations")
+    ax.set_title(f"Spearman ρ = {rank['spearman']:.2f}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def rank_section(rank: dict[str, Any] | None, plot: Path | None = None) -> str:
     head = "<h2>Rank agreement: short trials against full-length runs</h2>"
     if not rank:
         return (
@@ -128,43 +153,56 @@ def rank_section(rank: dict[str, Any] | None) -> str:
             f"<p>Spearman ρ = {rank['spearman']:.2f} over {len(rows)} recipes, each trained "
             f"again for {rank['iterations']} iterations (the final run's length).</p>",
             _table(["trial", "short AP50", "full AP50"], rows, {0, 1, 2}),
+            *([_png(plot)] if plot else []),
         ]
     )
 
 
-def write_fit_report(result: Any, budget_s: float, rank: dict[str, Any] | None = None) -> Path:
-    """Write ``fit.json`` and ``report.html`` into ``result.out``; returns the HTML path."""
-    rules = [{"name": r.name, "knobs": r.knobs, "reason": r.reason} for r in result.rules]
-    summary = result.fingerprint.summary()
-    record = {
+def _png(path: Path) -> str:
+    """``path`` inlined as a data URI: the report stays one self-contained file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{_e(path.name)}" src="data:image/png;base64,{data}"></p>'
+
+
+def fit_record(result: Any, budget_s: float) -> dict[str, Any]:
+    """What a fit run did, as plain values (``OUT/fit.json``): everything the report shows."""
+    return {
         "budget_seconds": budget_s,
         "split": result.split,
-        "fingerprint": summary,
-        "rules": rules,
+        "fingerprint": result.fingerprint.summary(),
+        "rules": [{"name": r.name, "knobs": r.knobs, "reason": r.reason} for r in result.rules],
         "trials": result.trials,
         "importances": result.importances,
         "timings_seconds": result.timings,
         "metrics": result.metrics,
         "recipe": str(result.recipe),
         "checkpoint": result.checkpoint,
-        "rank_agreement": rank,
+        "rank_agreement": None,
     }
-    (result.out / "fit.json").write_text(json.dumps(record, indent=2, default=str))
-    used = sum(result.timings.values())
-    timing_rows = [[k, f"{v:.1f}"] for k, v in result.timings.items()]
-    metrics = result.metrics
+
+
+def write_fit_report(out: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` (``fit_record``) as ``OUT/fit.json`` and ``OUT/report.html`` (with
+    ``OUT/rank_agreement.png`` when the rank agreement was measured); returns the HTML
+    path."""
+    (out / "fit.json").write_text(json.dumps(record, indent=2, default=str))
+    budget_s, timings = record["budget_seconds"], record["timings_seconds"]
+    used = sum(timings.values())
+    timing_rows = [[k, f"{v:.1f}"] for k, v in timings.items()]
+    metrics = record["metrics"]
+    rank = record.get("rank_agreement")
     body = [
         "<h1>tunedet fit</h1>",
         f"<p>Budget {budget_s / 60:.1f} min of wall time up to the final model "
-        f"(evaluation excluded); {used / 60:.1f} min used. {_e(result.split)}.</p>",
+        f"(evaluation excluded); {used / 60:.1f} min used. {_e(record['split'])}.</p>",
         f"<p>Final model on the validation split: AP {metrics.get('AP', float('nan')):.4f}, "
         f"AP50 {metrics.get('AP50', float('nan')):.4f} (single pass). Recipe: "
-        f"<code>{_e(result.recipe)}</code> (<code>tunedet train {_e(result.recipe)}</code> "
+        f"<code>{_e(record['recipe'])}</code> (<code>tunedet train {_e(record['recipe'])}</code> "
         "trains it again).</p>",
-        fingerprint_section(summary),
-        rules_section(rules),
-        search_section(result.trials, result.importances),
-        rank_section(rank),
+        fingerprint_section(record["fingerprint"]),
+        rules_section(record["rules"]),
+        search_section(record["trials"], record["importances"]),
+        rank_section(rank, rank_plot(rank, out / "rank_agreement.png") if rank else None),
         "<h2>Where the budget went</h2>",
         _table(["step", "seconds"], timing_rows, {1}),
     ]
@@ -174,6 +212,6 @@ def write_fit_report(result: Any, budget_s: float, rank: dict[str, Any] | None =
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    path = result.out / "report.html"
+    path = out / "report.html"
     path.write_text(page)
     return path
