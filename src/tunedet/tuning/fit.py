@@ -299,7 +299,13 @@ def prepare_data(
 ) -> tuple[dict, dict, list[str], str, Any]:
     """(train section, val section, class names, a sentence on the split, train dataset)."""
     from tunedet.data.build import build_dataset
-    from tunedet.tuning.fit_data import dataset_spec, holdout_split, write_split
+    from tunedet.tuning.fit_data import (
+        dataset_spec,
+        find_shared_pixels,
+        holdout_split,
+        mask_shared_pixels,
+        write_split,
+    )
 
     train_spec, val_spec = dataset_spec(data)
     if val is not None:
@@ -315,12 +321,20 @@ def prepare_data(
         return train_spec, val_spec, classes, "validation split as given", full
     if not hasattr(full, "records"):
         raise ValueError(f"{data}: fit holds a split out of file datasets only (COCO, VOC, YOLO)")
-    train_idx, val_idx = holdout_split(len(full.records), seed)
-    train_spec = write_split(full, train_idx, out / "data" / "train.json")
+    shared, shared_note = find_shared_pixels(full)
+    train_idx, val_idx = holdout_split(len(full.records), seed, shared=shared)
+    masked = mask_shared_pixels(full, train_idx, val_idx, shared, out / "data" / "masked")
+    train_spec = write_split(full, train_idx, out / "data" / "train.json", masked)
     val_spec = write_split(full, val_idx, out / "data" / "val.json")
-    note = (
-        f"{len(val_idx)} of {len(full.records)} images held out for validation "
-        f"(seeded permutation, seed {seed}; {out / 'data'})"
+    note = "; ".join(
+        part
+        for part in (
+            f"{len(val_idx)} of {len(full.records)} images held out for validation "
+            f"(seeded permutation, seed {seed}; {out / 'data'})",
+            shared_note,
+            masked.note,
+        )
+        if part
     )
     return train_spec, val_spec, classes, note, build_dataset(train_spec)
 
