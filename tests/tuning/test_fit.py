@@ -1,6 +1,7 @@
 """``tunedet fit`` end to end on a tiny synthetic dataset, and its data handling."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,15 @@ def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, mo
     if scale != 1.0:
         assert resize and resize[0].factor > 0
     assert "AP50" in result.metrics
+    # a split fit held out itself: the final model trains on every image once a trial has
+    # chosen the knobs, and the validation figures are that trial's
+    final_data = next(r for r in result.rules if r.name == "final data")
+    if any(t["state"] == "complete" for t in result.trials):
+        assert Path(cfg.data.train.ann_file) == Path(tiny_coco)
+        assert "every image" in final_data.reason and "trial" in result.scored_by
+    else:
+        assert Path(cfg.data.train.ann_file) == out / "data" / "train.json"
+        assert result.scored_by == "the final model"
     report = (out / "report.html").read_text()
     for heading in ("Fingerprint", "Rules", "Search", "Rank agreement", "Where the budget went"):
         assert heading in report

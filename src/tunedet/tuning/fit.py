@@ -4,7 +4,9 @@ As nnU-Net (Isensee et al. 2021): a dataset fingerprint (``fingerprint.py``) →
 that set the knobs from it (``fit_rules.py``) → a small empirical choice where the rules
 leave one → the final training. In order, all inside the wall-time budget:
 
-1. read DATA (``fit_data.py``), hold out a seeded validation split when none is given;
+1. read DATA (``fit_data.py``), hold out a seeded validation split when none is given
+   (images that share pixels, overlapping tiles or copies, are held out as a group of
+   neighbours and masked out of the training part: ``shared_pixels.py``);
 2. fingerprint the training part; apply the data rules to the ``retinanet/demo`` recipe;
 3. time a few steps, then the LR finder (Smith 2017) for the base LR (skipped, and said
    so, when the budget is too short for it);
@@ -20,10 +22,13 @@ leave one → the final training. In order, all inside the wall-time budget:
    when ``threads`` alone is given, or the search is short), sized from a second speed
    probe at T threads;
 5. the final training of the best trial's recipe with all the budget left
-   (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py);
-6. outside the budget: the final evaluation on the validation split, with and without
-   flip TTA (kept if it paid), the recipe as ``OUT/recipe.yaml`` (``tunedet train``
-   reproduces it) and the report ``OUT/report.html``.
+   (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py),
+   on every image when fit held the validation split out itself and a trial completed
+   (the held-out images have chosen the knobs by then), else on the training part;
+6. outside the budget: the evaluation on the validation split, with and without flip
+   TTA (kept if it paid), of the final model, or of the best trial's weights when the
+   final model trained on the held-out images; the recipe as ``OUT/recipe.yaml``
+   (``tunedet train`` reproduces it) and the report ``OUT/report.html``.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)
     split: str = ""
     report: Path | None = None
+    scored_by: str = "the final model"  # whose weights ``metrics`` are
 
 
 def recipe_raw(
@@ -197,7 +203,8 @@ def fit(
     timings: dict[str, float] = {}
 
     # 1. data and split
-    train_spec, val_spec, classes, split_note, train_set = prepare_data(data, val, out, seed)
+    prepared = prepare_data(data, val, out, seed)
+    train_spec, val_spec, classes, split_note, train_set, every_image = prepared
     log(f"data: {len(train_set)} training images, {split_note}")
     # 2. fingerprint and the data rules
     fp = fingerprint_from_coco(train_set.coco_ground_truth(), classes, overhead)
@@ -231,12 +238,13 @@ def fit(
     trials: list[dict[str, Any]] = []
     importances: dict[str, float] = {}
     best: dict[str, Any] = {}
+    best_trial: int | None = None
     if search:
         outcome = run_search(
             base, knobs, train_spec, val_spec, classes, fp, out, clock, seconds_per_iter,
             storage, seed, log, workers, device_kind,
         )  # fmt: skip
-        trials, importances, best, search_rule = outcome
+        trials, importances, best, best_trial, search_rule = outcome
         rules.append(search_rule)
         log(f"search: {search_rule.reason}")
     timings["search"] = clock.elapsed - sum(timings.values())
@@ -247,15 +255,27 @@ def fit(
     final_knobs.update(schedule.knobs)
     rules.append(schedule)
     log(f"rule schedule: {schedule.reason}")
-    trainer, val_set = train_final(base, final_knobs, train_spec, val_spec, classes, out, clock)
+    # The held-out images that fit chose itself have done their work once the knobs are
+    # chosen: the final model trains on every image, and the validation figures and the
+    # TTA check come from the best search trial's weights, which never saw them.
+    on_every_image = every_image is not None and best_trial is not None
+    final_train = every_image if on_every_image else train_spec
+    rules.append(final_data_rule(on_every_image, every_image is not None, best_trial))
+    trainer, val_set = train_final(base, final_knobs, final_train, val_spec, classes, out, clock)
     timings["final training"] = clock.elapsed - sum(timings.values())
-    trainer.val_set = val_set
-    metrics = trainer.evaluate()
-    (trainer.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log(f"final training: {trainer.iteration} iterations, {METRIC} {metrics.get(METRIC, 0):.4f}")
+    log(f"final training: {trainer.iteration} iterations")
 
-    # 6. outside the budget: TTA, the recipe, the report
-    tta = check_tta(trainer, base, final_knobs, train_spec, val_spec, classes, metrics)
+    # 6. outside the budget: the validation figures, TTA, the recipe, the report
+    if on_every_image:
+        metrics, tta = trial_metrics_and_tta(out, best_trial, final_knobs["tta_flips"])
+        scored_by = f"search trial {best_trial}'s weights (the final model trained on them)"
+    else:
+        trainer.val_set = val_set
+        metrics = trainer.evaluate()
+        (trainer.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        tta = check_tta(trainer, base, final_knobs, train_spec, val_spec, classes, metrics)
+        scored_by = "the final model"
+    log(f"validation {METRIC} {metrics.get(METRIC, 0):.4f} ({scored_by})")
     rules.append(tta)
     log(f"rule tta: {tta.reason}")
     recipe_knobs = {
@@ -268,7 +288,9 @@ def fit(
         "resume": True,
         "work_dir": str(out / "recipe_run"),
     }
-    recipe = write_recipe(out, recipe_raw(base, recipe_knobs, train_spec, val_spec, classes), rules)
+    recipe = write_recipe(
+        out, recipe_raw(base, recipe_knobs, final_train, val_spec, classes), rules
+    )
     result = FitResult(
         out=out,
         rules=rules,
@@ -280,6 +302,7 @@ def fit(
         importances=importances,
         timings={k: round(v, 1) for k, v in timings.items()},
         split=split_note,
+        scored_by=scored_by,
     )
     from tunedet.tuning.fit_report import fit_record, write_fit_report
 
@@ -296,8 +319,9 @@ def _base_path() -> Path:
 
 def prepare_data(
     data: str | Path, val: str | Path | None, out: Path, seed: int
-) -> tuple[dict, dict, list[str], str, Any]:
-    """(train section, val section, class names, a sentence on the split, train dataset)."""
+) -> tuple[dict, dict, list[str], str, Any, dict | None]:
+    """(train section, val section, class names, a sentence on the split, train dataset,
+    the section of every image when fit held the split out itself, else None)."""
     from tunedet.data.build import build_dataset
     from tunedet.tuning.fit_data import (
         dataset_spec,
@@ -318,10 +342,11 @@ def prepare_data(
         if val_spec["type"] in ("voc", "coco"):
             val_spec.setdefault("classes", classes)
         train_spec.setdefault("classes", classes)
-        return train_spec, val_spec, classes, "validation split as given", full
+        return train_spec, val_spec, classes, "validation split as given", full, None
     if not hasattr(full, "records"):
         raise ValueError(f"{data}: fit holds a split out of file datasets only (COCO, VOC, YOLO)")
     shared, shared_note = find_shared_pixels(full)
+    every_image = {**train_spec, "classes": classes}
     train_idx, val_idx = holdout_split(len(full.records), seed, shared=shared)
     masked = mask_shared_pixels(full, train_idx, val_idx, shared, out / "data" / "masked")
     train_spec = write_split(full, train_idx, out / "data" / "train.json", masked)
@@ -336,7 +361,7 @@ def prepare_data(
         )
         if part
     )
-    return train_spec, val_spec, classes, note, build_dataset(train_spec)
+    return train_spec, val_spec, classes, note, build_dataset(train_spec), every_image
 
 
 def validated(raw: dict[str, Any]) -> Any:
@@ -420,7 +445,8 @@ def run_search(
     device_kind: str = "cpu",
 ) -> tuple[list[dict], dict[str, float], dict[str, Any], Rule]:
     """The multi-fidelity study (module docstring, step 4); returns (trial rows,
-    importances, the best trial's knobs, the search's rule)."""
+    importances, the best trial's knobs, its number (None: no complete trial), the
+    search's rule)."""
     from tunedet.tuning.fit_search import FitSearch
     from tunedet.tuning.trial_workers import choose_layout
 
@@ -449,7 +475,7 @@ def run_search(
             f"trials of {trial_iters} iterations at {trial_speed:.2f} s "
             f"(fewer than {MIN_TRIAL_ITERS}); the rules' recipe is trained"
         )
-        return [], {}, {}, Rule("search", {}, why)
+        return [], {}, {}, None, Rule("search", {}, why)
     trial_iters = 3 * math.ceil(trial_iters / 3)
     search = FitSearch(
         make_raw=functools.partial(trial_raw, base, trial_knobs, train_spec, val_spec, classes),
@@ -478,7 +504,7 @@ def run_search(
     pruned = sum(1 for r in rows if r["state"].startswith("pruned"))
     if best is None:
         why = f"{len(rows)} trial(s) of {trial_iters} iterations, none complete: the rules' recipe"
-        return rows, importances, {}, Rule("search", {}, why)
+        return rows, importances, {}, None, Rule("search", {}, why)
     chosen, value, number = best
     shown = ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items()
@@ -492,7 +518,7 @@ def run_search(
         f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
         f"best, {METRIC} {value:.3f} ({shown})"
     )
-    return rows, importances, chosen, Rule("search", dict(chosen), why)
+    return rows, importances, chosen, number, Rule("search", dict(chosen), why)
 
 
 def trial_raw(
@@ -560,6 +586,48 @@ def check_tta(
     trainer.cfg = validated(raw)
     with_tta = float(trainer.evaluate().get(METRIC, 0.0))
     return tta_rule(METRIC, plain, with_tta, flips)
+
+
+def final_data_rule(on_every_image: bool, held_out_here: bool, best_trial: int | None) -> Rule:
+    """Which images the final model trains on, and why."""
+    if on_every_image:
+        why = (
+            "every image, the held-out ones included: they served to choose the knobs "
+            f"(search), and the validation figures and the TTA check are search trial "
+            f"{best_trial}'s, whose weights never saw them"
+        )
+    elif held_out_here:
+        why = (
+            "the training part only: no search trial completed, so the held-out images "
+            "score the final model"
+        )
+    else:
+        why = "the training split (the validation split was given)"
+    return Rule("final data", {"final_train": "every image" if on_every_image else "train"}, why)
+
+
+def trial_metrics_and_tta(
+    out: Path, number: int, flips: list[str]
+) -> tuple[dict[str, float], Rule]:
+    """Search trial ``number``'s last weights on the validation split: its metrics, and the
+    TTA rule from the same weights with the data's flips."""
+    from tunedet.config.loader import load_config
+    from tunedet.data.build import build_dataset
+    from tunedet.engine.build import eval_settings, model_from_checkpoint, resolve_device
+    from tunedet.engine.evaluator import evaluate_model
+
+    config = str(out / "trials" / f"{number:04d}" / "config.yaml")
+    cfg = load_config(config, ["train.progress=false"])
+    tta = f"eval.tta={{flips: [{', '.join(flips)}], merge: vote}}"
+    tta_cfg = load_config(config, ["train.progress=false", tta])
+    device = resolve_device(cfg.device)
+    model, _ = model_from_checkpoint(Path(config).with_name("last.pt"), device, cfg=cfg)
+    dataset = build_dataset(cfg.data.val)
+    quiet = lambda *_: None  # noqa: E731
+    metrics = evaluate_model(model, dataset, eval_settings(cfg), device, quiet)
+    with_tta = evaluate_model(model, dataset, eval_settings(tta_cfg), device, quiet)
+    plain = float(metrics.get(METRIC, 0.0))
+    return metrics, tta_rule(METRIC, plain, float(with_tta.get(METRIC, 0.0)), flips)
 
 
 def write_recipe(out: Path, raw: dict[str, Any], rules: list[Rule]) -> Path:

@@ -175,6 +175,7 @@ def fit_record(result: Any, budget_s: float) -> dict[str, Any]:
         "importances": result.importances,
         "timings_seconds": result.timings,
         "metrics": result.metrics,
+        "scored_by": result.scored_by,
         "recipe": str(result.recipe),
         "checkpoint": result.checkpoint,
         "rank_agreement": None,
@@ -195,7 +196,8 @@ def write_fit_report(out: Path, record: dict[str, Any]) -> Path:
         "<h1>tunedet fit</h1>",
         f"<p>Budget {budget_s / 60:.1f} min of wall time up to the final model "
         f"(evaluation excluded); {used / 60:.1f} min used. {_e(record['split'])}.</p>",
-        f"<p>Final model on the validation split: AP {metrics.get('AP', float('nan')):.4f}, "
+        f"<p>Validation split, scored with {_e(record.get('scored_by', 'the final model'))}: "
+        f"AP {metrics.get('AP', float('nan')):.4f}, "
         f"AP50 {metrics.get('AP50', float('nan')):.4f} (single pass). Recipe: "
         f"<code>{_e(record['recipe'])}</code> (<code>tunedet train {_e(record['recipe'])}</code> "
         "trains it again).</p>",
