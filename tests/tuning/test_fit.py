@@ -138,6 +138,23 @@ def test_parse_budget_units_and_errors():
         fit_module.parse_budget("soon")
 
 
+def test_the_scale_is_not_searched_when_crops_are_trained(tmp_path):
+    """With crops a step costs the same at any scale: short trials would only measure
+    which scale learns fastest, so the rule's scale is kept."""
+    search = FitSearch(
+        lambda c: c, tmp_path, None, 0, trial_iters=9, overhead=False, search_scale=False
+    )
+    (waiting,) = search.study.get_trials(deepcopy=False)
+    assert waiting.system_attrs["fixed_params"] == {"lr_mult": 1.0, "hflip": True}
+    for _ in range(3):
+        trial = search.study.ask()
+        assert set(search.sample(trial)) == {"lr_mult", "hflip"}
+        search.study.tell(trial, 0.5)
+    (tmp_path / "whole").mkdir()
+    whole = FitSearch(lambda c: c, tmp_path / "whole", None, 0, trial_iters=9, overhead=True)
+    assert set(whole.sample(whole.study.ask())) == {"lr_mult", "scale_mult"}
+
+
 def test_fit_cli_refuses_a_bad_budget_in_one_line(tiny_coco, capsys):
     assert main(["fit", str(tiny_coco), "--budget", "soon"]) == 2
     err = capsys.readouterr().err

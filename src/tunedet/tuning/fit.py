@@ -486,6 +486,7 @@ def run_search(
         overhead=fp.overhead.overhead,
         metric=METRIC,
         log=log,
+        search_scale=knobs.get("crop") is None,
     )
     started = clock.elapsed
     deadline = started + search_seconds
@@ -512,11 +513,17 @@ def run_search(
     side = (
         f", {layout.workers} at a time × {layout.threads} thread(s)" if layout.workers > 1 else ""
     )
+    kept = (
+        ""
+        if search.search_scale
+        else "; the scale rule's factor kept (trained as crops: a step costs the same at "
+        "any scale, and short trials favour small inputs)"
+    )
     why = (
         f"{len(rows)} trial(s) of {trial_iters} iterations in {spent:.0f} s (planned "
         f"{search_seconds:.0f} s{side}) "
         f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
-        f"best, {METRIC} {value:.3f} ({shown})"
+        f"best, {METRIC} {value:.3f} ({shown}){kept}"
     )
     return rows, importances, chosen, number, Rule("search", dict(chosen), why)
 

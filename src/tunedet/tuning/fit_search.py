@@ -3,7 +3,10 @@ rules leave open.
 
 Knobs: ``lr_mult`` (the LR finder's LR times 1/3 … 3, log-uniform), ``scale_mult`` (the
 scale rule's factor times 0.5, 0.71, 1 or 1.41: a smaller input trains more images in
-the same time) and, for imagery that is not overhead,
+the same time; searched only when whole images are trained: with crops a step costs the
+same at any scale, and short trials then only measure which scale learns fastest, which
+favours small inputs that a full-length run outgrows) and, for imagery that is not
+overhead,
 ``hflip`` (a mirror image may not be a valid sample: text, digits). Each trial trains
 ``trial_iters`` iterations and is evaluated at a third, two thirds and the end;
 Optuna's successive-halving pruner (reduction factor 3, first rung at a third) stops
@@ -45,6 +48,7 @@ class FitSearch:
         log: Any = print,
         worker: int = 0,
         workers: int = 1,
+        search_scale: bool = True,
     ) -> None:
         import optuna
 
@@ -57,6 +61,7 @@ class FitSearch:
         self.overhead = overhead
         self.metric = metric
         self.log = log
+        self.search_scale = search_scale
         url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
         rung = max(1, trial_iters // 3)
         self.study = optuna.create_study(
@@ -75,16 +80,17 @@ class FitSearch:
             seed=seed + done * workers + worker, multivariate=True, constant_liar=workers > 1
         )
         if done == 0:
-            first = {"lr_mult": 1.0, "scale_mult": 1.0}
+            first: dict[str, Any] = {"lr_mult": 1.0}
+            if search_scale:
+                first["scale_mult"] = 1.0
             if not overhead:
                 first["hflip"] = True
             self.study.enqueue_trial(first)
 
     def sample(self, trial: Any) -> dict[str, Any]:
-        chosen: dict[str, Any] = {
-            "lr_mult": trial.suggest_float("lr_mult", *LR_MULT, log=True),
-            "scale_mult": trial.suggest_categorical("scale_mult", SCALE_MULT),
-        }
+        chosen: dict[str, Any] = {"lr_mult": trial.suggest_float("lr_mult", *LR_MULT, log=True)}
+        if self.search_scale:
+            chosen["scale_mult"] = trial.suggest_categorical("scale_mult", SCALE_MULT)
         if not self.overhead:
             chosen["hflip"] = trial.suggest_categorical("hflip", [True, False])
         return chosen
@@ -194,6 +200,7 @@ class FitSearch:
                 worker,
                 workers,
                 max_trials,
+                self.search_scale,
             )
             for worker in range(workers)
         ]
@@ -267,6 +274,7 @@ class SearchWorkerJob:
     worker: int
     workers: int
     max_trials: int | None = None
+    search_scale: bool = True
 
 
 def search_worker(job: SearchWorkerJob) -> None:
@@ -275,6 +283,7 @@ def search_worker(job: SearchWorkerJob) -> None:
     search = FitSearch(
         job.make_raw, job.out, job.storage, job.seed, job.trial_iters, job.overhead,
         job.metric, functools.partial(print, flush=True), job.worker, job.workers,
+        job.search_scale,
     )  # fmt: skip
     search.optimize(lambda: job.deadline - time.monotonic(), job.max_trials)
 
