@@ -254,8 +254,11 @@ def print_verdict(rows: list[dict]) -> None:
         means[dataset, method] = {
             key: sum(r[key] for r in mine) / len(mine) for key in ("AP", "AP50")
         }
-    print("\n| dataset | fit AP | ≥ demo | within 5 % of hand | ≥ YOLOv8n | fit / YOLOv8n AP |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| dataset | fit AP | ≥ demo | within 5 % of hand | ≥ YOLOv8n | fit / YOLOv8n AP "
+        "| fit / YOLOv8n AP50 |"
+    )
+    print("|---|---|---|---|---|---|---|")
     ratios = []
     for dataset in sorted({r["dataset"] for r in rows}):
         fit = means.get((dataset, "fit"))
@@ -267,12 +270,14 @@ def print_verdict(rows: list[dict]) -> None:
             checks.append(
                 "—" if other is None else "yes" if fit["AP"] >= factor * other["AP"] else "no"
             )
-        ratio = ""
+        ratio = ratio50 = ""
         yolo = means.get((dataset, "yolov8n"))
         if yolo is not None and yolo["AP"] > 0:
             ratios.append(fit["AP"] / yolo["AP"])
             ratio = f"{ratios[-1]:.2f}"
-        print(f"| {dataset} | {fit['AP']:.3f} | {' | '.join(checks)} | {ratio} |")
+        if yolo is not None and yolo["AP50"] > 0:
+            ratio50 = f"{fit['AP50'] / yolo['AP50']:.2f}"
+        print(f"| {dataset} | {fit['AP']:.3f} | {' | '.join(checks)} | {ratio} | {ratio50} |")
     if ratios:
         print(
             f"\nmean fit / YOLOv8n AP over {len(ratios)} datasets: {sum(ratios) / len(ratios):.2f}"
