@@ -29,6 +29,7 @@ BLOCK = 8  # side of the hashed blocks (px)
 QUERY_STRIDE = 16  # grid of the query blocks in each training image (px)
 MIN_BLOCK_STD = 4.0  # grey levels; flatter blocks are not used as queries
 MIN_AGREEING = 2  # queries that must agree on the image and the offset
+BATCH = 32  # images of one size hashed together
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ def _key(dots: np.ndarray) -> np.ndarray:
     return dots[..., 0] * 2.0**24 + dots[..., 1]
 
 
-def block_hashes(image: np.ndarray, weights: torch.Tensor) -> np.ndarray:
-    """``(H - 7, W - 7)`` hashes of every 8 × 8 block of an ``(H, W, 3) uint8`` image."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-    dots = torch.nn.functional.conv2d(pixels[None], weights)[0]
-    return _key(dots.permute(1, 2, 0).numpy())
+def block_hashes(images: np.ndarray, weights: torch.Tensor) -> np.ndarray:
+    """``(B, H - 7, W - 7)`` hashes of every 8 × 8 block of ``(B, H, W, 3) uint8`` images."""
+    pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
+    dots = torch.nn.functional.conv2d(pixels, weights)
+    return _key(dots.permute(0, 2, 3, 1).numpy())
 
 
 def query_blocks(image: np.ndarray, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +87,7 @@ def query_blocks(image: np.ndarray, weights: torch.Tensor) -> tuple[np.ndarray, 
 
 def shared_regions(images: Sequence[np.ndarray]) -> dict[int, list[SharedRegion]]:
     """Image index -> the regions of it that are copies of pixels of other images (each
-    pair is found from both sides)."""
+    pair is found from both sides). Images of one size are hashed in batches."""
     weights = _weights()
     queries = [query_blocks(image, weights) for image in images]
     owner = np.concatenate([np.full(len(h), i) for i, (h, _) in enumerate(queries)] + [[]])
@@ -94,42 +95,51 @@ def shared_regions(images: Sequence[np.ndarray]) -> dict[int, list[SharedRegion]
     positions = np.concatenate([p for _, p in queries] + [np.zeros((0, 2), np.int64)])
     order = np.argsort(hashes, kind="stable")
     hashes, owner, positions = hashes[order], owner[order].astype(np.int64), positions[order]
-    found: dict[int, list[SharedRegion]] = {}
+    by_size: dict[tuple[int, ...], list[int]] = {}
     for k, image in enumerate(images):
-        if not len(hashes) or min(image.shape[:2]) < BLOCK:
-            continue
-        table = block_hashes(image, weights)
-        flat = table.reshape(-1)
-        left = np.searchsorted(hashes, flat, side="left")
-        right = np.searchsorted(hashes, flat, side="right")
-        hit = np.nonzero(right > left)[0]  # the positions where query blocks match
-        counts = right[hit] - left[hit]
-        starts = np.repeat(left[hit] - np.cumsum(counts) + counts, counts)
-        q = starts + np.arange(counts.sum())  # every matching query, hash ties included
-        at = np.repeat(hit, counts)
-        keys = np.stack(
-            [
-                owner[q],
-                positions[q, 0] - at // table.shape[1],
-                positions[q, 1] - at % table.shape[1],
-            ],
-            axis=1,
-        )
-        keys = keys[keys[:, 0] != k]
-        if not len(keys):
-            continue
-        offsets, votes = np.unique(keys, axis=0, return_counts=True)
-        for (index, dy, dx), count in zip(offsets.tolist(), votes.tolist(), strict=True):
-            if count < MIN_AGREEING:
-                continue
-            height, width = images[index].shape[:2]
-            box = (
-                max(0, dx),
-                max(0, dy),
-                min(width, dx + image.shape[1]),
-                min(height, dy + image.shape[0]),
+        if min(image.shape[:2]) >= BLOCK:
+            by_size.setdefault(image.shape, []).append(k)
+    found: dict[int, list[SharedRegion]] = {}
+    if not len(hashes):
+        return found
+    for shape, members in by_size.items():
+        for start in range(0, len(members), BATCH):
+            batch = np.array(members[start : start + BATCH])
+            table = block_hashes(np.stack([images[k] for k in batch]), weights)
+            per_image = table.shape[1] * table.shape[2]
+            flat = table.reshape(-1)
+            left = np.searchsorted(hashes, flat, side="left")
+            right = np.searchsorted(hashes, flat, side="right")
+            hit = np.nonzero(right > left)[0]  # the positions where query blocks match
+            counts = right[hit] - left[hit]
+            starts = np.repeat(left[hit] - np.cumsum(counts) + counts, counts)
+            q = starts + np.arange(counts.sum())  # every matching query, hash ties included
+            at = np.repeat(hit, counts)
+            k, pos = batch[at // per_image], at % per_image
+            keys = np.stack(
+                [
+                    k,
+                    owner[q],
+                    positions[q, 0] - pos // table.shape[2],
+                    positions[q, 1] - pos % table.shape[2],
+                ],
+                axis=1,
             )
-            found.setdefault(index, []).append(SharedRegion(k, box))
+            keys = keys[keys[:, 0] != keys[:, 1]]
+            if not len(keys):
+                continue
+            offsets, votes = np.unique(keys, axis=0, return_counts=True)
+            for (k, index, dy, dx), count in zip(offsets.tolist(), votes.tolist(), strict=True):
+                if count < MIN_AGREEING:
+                    continue
+                height, width = images[index].shape[:2]
+                box = (
+                    max(0, dx),
+                    max(0, dy),
+                    min(width, dx + shape[1]),
+                    min(height, dy + shape[0]),
+                )
+                found.setdefault(index, []).append(SharedRegion(k, box))
     return found
 
 
