@@ -124,9 +124,13 @@ def test_scale_rule_enlarges_small_objects_to_the_anchor_centre():
     assert rule.knobs["scale"] == 2.5  # 64 / 25 = 2.56
     assert "25 px" in rule.reason and "64" in rule.reason
     assert scale_rule(make_fp(np.full(100, 60.0)), geometry).knobs["scale"] == 1.0
+    # larger objects keep their pixels while inside the anchors (32-128 px); beyond the
+    # largest anchor they are shrunk to it, not to the centre
+    kept = scale_rule(make_fp(np.full(100, 92.0)), geometry)
+    assert kept.knobs["scale"] == 1.0 and "discard pixels" in kept.reason
     assert scale_rule(make_fp(np.full(100, 256.0), image=(1000, 1000)), geometry).knobs[
         "scale"
-    ] == pytest.approx(0.25)
+    ] == pytest.approx(0.5)
 
 
 def test_scale_rule_caps_the_scaled_image_side():

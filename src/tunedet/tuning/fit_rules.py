@@ -90,10 +90,14 @@ def round_factor(factor: float) -> float:
 
 
 def scale_rule(fp: Fingerprint, geometry: DetectorGeometry) -> Rule:
-    """The resize factor that puts the median object on the anchor range's centre."""
+    """The resize factor that enlarges the median object to the anchor range's centre, or
+    shrinks it to the largest anchor when it is larger: shrinking discards pixels, so
+    objects already inside the anchors' range keep them."""
     q = fp.size_quantiles()
     target = geometry.target_size
     wanted = target / q["p50"]
+    if wanted < 1:
+        wanted = min(1.0, geometry.anchor_sizes[-1] / q["p50"])
     factor = round_factor(wanted)
     long_side = float(np.median(fp.image_wh.max(axis=1)))
     capped = min(factor, MAX_IMAGE_SIDE / long_side)
@@ -106,13 +110,22 @@ def scale_rule(fp: Fingerprint, geometry: DetectorGeometry) -> Rule:
         f"median object {q['p50']:g} px (p5 {q['p5']:g}, p95 {q['p95']:g}) against anchors "
         f"{anchors[0]:g}–{anchors[-1]:g} px (strides {_span(geometry.strides)})"
     )
-    if factor == 1.0:
-        why = f"{head}: kept at native scale (the centre {target:g} px is within 25 %)"
-    else:
-        verb = "enlarged" if factor > 1 else "shrunk"
+    if factor == 1.0 and q["p50"] > target:
         why = (
-            f"{head}: {verb} {factor:g}× so the median object is "
+            f"{head}: kept at native scale (the median object is inside the anchors' range; "
+            "shrinking would only discard pixels)"
+        )
+    elif factor == 1.0:
+        why = f"{head}: kept at native scale (the centre {target:g} px is within 25 %)"
+    elif factor > 1:
+        why = (
+            f"{head}: enlarged {factor:g}× so the median object is "
             f"{q['p50'] * factor:.0f} px, near the range's centre {target:g} px{note}"
+        )
+    else:
+        why = (
+            f"{head}: shrunk {factor:g}× so the median object is {q['p50'] * factor:.0f} px, "
+            f"inside the largest anchor {anchors[-1]:g} px{note}"
         )
     return Rule("scale", {"scale": factor}, why)
 
