@@ -279,8 +279,13 @@ def print_verdict(rows: list[dict]) -> None:
             ratio50 = f"{fit['AP50'] / yolo['AP50']:.2f}"
         print(f"| {dataset} | {fit['AP']:.3f} | {' | '.join(checks)} | {ratio} | {ratio50} |")
     if ratios:
+        median = sorted(ratios)[len(ratios) // 2]
+        if len(ratios) % 2 == 0:
+            median = (sorted(ratios)[len(ratios) // 2 - 1] + median) / 2
         print(
-            f"\nmean fit / YOLOv8n AP over {len(ratios)} datasets: {sum(ratios) / len(ratios):.2f}"
+            f"\nfit / YOLOv8n AP over {len(ratios)} datasets: mean {sum(ratios) / len(ratios):.2f}, "
+            f"median {median:.2f} (a dataset where YOLOv8n learned almost nothing dominates the "
+            "mean)"
         )
 
 
