@@ -443,7 +443,7 @@ def run_search(
     log: Any,
     workers: int | None = None,
     device_kind: str = "cpu",
-) -> tuple[list[dict], dict[str, float], dict[str, Any], Rule]:
+) -> tuple[list[dict], dict[str, float], dict[str, Any], int | None, Rule]:
     """The multi-fidelity study (module docstring, step 4); returns (trial rows,
     importances, the best trial's knobs, its number (None: no complete trial), the
     search's rule)."""
