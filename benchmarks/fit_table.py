@@ -223,6 +223,7 @@ def main() -> None:
                 if row.get("note"):
                     print(f"<!-- {name} seed {seed}: {row['note']} -->", flush=True)
     print_verdict(rows)
+    print_seed_spread(rows)
     if args.rank_check:
         print_rank_check(rows, args)
 
@@ -287,6 +288,41 @@ def print_verdict(rows: list[dict]) -> None:
             f"median {median:.2f} (a dataset where YOLOv8n learned almost nothing dominates the "
             "mean)"
         )
+
+
+def print_seed_spread(rows: list[dict]) -> None:
+    """Mean ± sample std over the seeds run, per dataset and method, and fit / YOLOv8n
+    AP50 in each seed (the trees target holds in both seeds or not at all)."""
+    import statistics
+
+    seeds = sorted({r["seed"] for r in rows})
+    if len(seeds) < 2:
+        return
+    print(
+        "\n| dataset | method | seeds | AP mean ± std | AP50 mean ± std | fit / YOLOv8n AP50 per seed |"
+    )
+    print("|---|---|---|---|---|---|")
+    by_key = {(r["dataset"], r["method"], r["seed"]): r for r in rows}
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for method in ("fit", "demo", "hand", "yolov8n"):
+            mine = [by_key[dataset, method, s] for s in seeds if (dataset, method, s) in by_key]
+            if not mine:
+                continue
+            cells = []
+            for key in ("AP", "AP50"):
+                values = [r[key] for r in mine]
+                std = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+                cells.append(f"{statistics.fmean(values):.3f}{std}")
+            ratios = ""
+            if method == "fit":
+                ratios = ", ".join(
+                    f"seed {s}: {by_key[dataset, 'fit', s]['AP50'] / yolo['AP50']:.2f}"
+                    for s in seeds
+                    if (dataset, "fit", s) in by_key
+                    and (yolo := by_key.get((dataset, "yolov8n", s))) is not None
+                    and yolo["AP50"] > 0
+                )
+            print(f"| {dataset} | {method} | {len(mine)} | {' | '.join(cells)} | {ratios} |")
 
 
 def print_rank_check(rows: list[dict], args: argparse.Namespace) -> None:

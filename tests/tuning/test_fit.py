@@ -91,6 +91,20 @@ def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, mo
         assert heading in report
     assert json.loads((out / "fit.json").read_text())["rules"][0]["reason"]
     assert any(line.startswith("rule scale:") for line in lines)
+    assert "Seed spread" in report and "Not measured" in report
+
+    # the seed spread: the recipe trained again with the next seeds, on the training part
+    spread = fit_module.seed_spread(out, runs=2, max_iters=2, log=lambda *_: None)
+    assert [r["seed"] for r in spread["runs"]] == [1, 2]  # fit's own seed is 0
+    values = [r["AP50"] for r in spread["runs"]]
+    assert spread["AP50"]["mean"] == pytest.approx(np.mean(values))
+    assert spread["AP50"]["std"] == pytest.approx(np.std(values, ddof=1))
+    again = load_config(str(out / "seed_check" / "seed_2" / "config.yaml"))
+    assert again.seed == 2 and again.train.max_iters == 2 and again.eval.tta is None
+    assert Path(again.data.train.ann_file) == out / "data" / "train.json"
+    assert json.loads((out / "fit.json").read_text())["seed_spread"]["runs"] == spread["runs"]
+    report = (out / "report.html").read_text()
+    assert "over 2 runs of 2 iterations" in report and "±" in report
 
 
 def test_holdout_split_is_seeded_and_disjoint():
@@ -282,6 +296,19 @@ def test_fit_cli_rank_check_measures_after_the_budget(monkeypatch, tmp_path, cap
     assert main(["fit", "d.json", "--budget", "1m", "--rank-check"]) == 0
     assert calls == [tmp_path]
     assert "Spearman rho 0.80 over 5 trials trained again for 90 iterations" in (
+        capsys.readouterr().out
+    )
+    spread = {
+        "runs": [{}] * 3,
+        "AP": {"mean": 0.41, "std": 0.02},
+        "AP50": {"mean": 0.6, "std": 0.01},
+    }
+    monkeypatch.setattr(
+        fit_module, "seed_spread", lambda out, runs: calls.append((out, runs)) or spread
+    )
+    assert main(["fit", "d.json", "--budget", "1m", "--seed-check", "2"]) == 0
+    assert calls[-1] == (tmp_path, 2)
+    assert "seed spread over 3 runs: AP 0.4100 ± 0.0200, AP50 0.6000 ± 0.0100" in (
         capsys.readouterr().out
     )
 

@@ -36,6 +36,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"rank agreement: Spearman rho {rank['spearman']:.2f} over {len(rank['runs'])} "
             f"trials trained again for {rank['iterations']} iterations; report: {result.report}"
         )
+    if args.seed_check:
+        from tunedet.tuning.fit import seed_spread
+
+        spread = seed_spread(result.out, args.seed_check)
+        ap, ap50 = spread["AP"], spread["AP50"]
+        print(
+            f"seed spread over {len(spread['runs'])} runs: AP {ap['mean']:.4f} ± {ap['std']:.4f}, "
+            f"AP50 {ap50['mean']:.4f} ± {ap50['std']:.4f}; report: {result.report}"
+            if ap["std"] is not None
+            else f"one run: AP {ap['mean']:.4f}, AP50 {ap50['mean']:.4f}; report: {result.report}"
+        )
     return 0
 
 
@@ -80,5 +91,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="after the budget: train every search trial again at the final length and "
         "report Spearman's rho between short and full ranks (one training per trial)",
+    )
+    p.add_argument(
+        "--seed-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the budget: train the recipe N more times with other seeds on the "
+        "training part and report AP mean ± std on the validation split (N trainings)",
     )
     p.set_defaults(func=cmd_fit)

@@ -685,3 +685,49 @@ def rank_agreement(out: str | Path, max_iters: int | None = None, log: Any = pri
     rank = {"spearman": rho, "iterations": length, "runs": runs}
     write_fit_report(out, {**record, "rank_agreement": rank})
     return rank
+
+
+def seed_spread(
+    out: str | Path, runs: int = 2, max_iters: int | None = None, log: Any = print
+) -> dict:
+    """Train the recipe of the fit run in ``out`` (``OUT/recipe.yaml``, at its final
+    length or ``max_iters``) ``runs`` more times with the seeds after fit's, on the training part, and score each on
+    the validation split (single pass): mean ± sample std of AP and AP50 over those runs,
+    and the final model's own figures when it was scored on the split it never trained
+    on. ``fit.json`` and the report are rewritten with the figures."""
+    import statistics
+
+    from tunedet.config.loader import load_config
+    from tunedet.engine.trainer import Trainer
+    from tunedet.tuning.fit_report import write_fit_report
+
+    if runs < 1:
+        raise ValueError(f"seed_spread: runs must be at least 1, got {runs}")
+    out = Path(out)
+    record = json.loads((out / "fit.json").read_text())
+    overrides = ["train.max_minutes=null", "train.eval_every=0", "train.resume=false",
+                 "train.progress=false", "train.ckpt_every=0", "eval.tta=null"]  # fmt: skip
+    if max_iters is not None:
+        overrides.append(f"train.max_iters={max_iters}")
+    recipe = load_config(record["recipe"], overrides)
+    trial_configs = sorted((out / "trials").glob("*/config.yaml"))
+    if trial_configs:  # the training part; the recipe's may be every image
+        recipe.data.train = load_config(str(trial_configs[0])).data.train
+    samples = []
+    if max_iters is None and record.get("scored_by", "the final model") == "the final model":
+        samples.append({"seed": recipe.seed, "AP": record["metrics"].get("AP", 0.0),
+                        "AP50": record["metrics"].get(METRIC, 0.0), "run": "final model"})  # fmt: skip
+    for seed in range(recipe.seed + 1, recipe.seed + 1 + runs):
+        cfg = recipe.model_copy(deep=True)
+        cfg.seed = seed
+        metrics = Trainer(cfg, out / "seed_check" / f"seed_{seed}", log=lambda *_: None).train()
+        samples.append({"seed": seed, "AP": metrics.get("AP", 0.0),
+                        "AP50": metrics.get(METRIC, 0.0), "run": "recipe again"})  # fmt: skip
+        log(f"seed {seed}: AP {samples[-1]['AP']:.4f}, AP50 {samples[-1]['AP50']:.4f}")
+    spread: dict[str, Any] = {"iterations": recipe.train.max_iters, "runs": samples}
+    for key in ("AP", "AP50"):
+        values = [s[key] for s in samples]
+        std = statistics.stdev(values) if len(values) > 1 else None
+        spread[key] = {"mean": statistics.fmean(values), "std": std}
+    write_fit_report(out, {**record, "seed_spread": spread})
+    return spread

@@ -158,6 +158,31 @@ def rank_section(rank: dict[str, Any] | None, plot: Path | None = None) -> str:
     )
 
 
+def seed_section(spread: dict[str, Any] | None) -> str:
+    head = "<h2>Seed spread: the recipe trained again with other seeds</h2>"
+    if not spread:
+        return (
+            f"{head}\n<p>Not measured in this run: it trains the recipe again, once per seed "
+            "(<code>tunedet fit … --seed-check N</code>, "
+            "<code>tunedet.tuning.fit.seed_spread</code>).</p>"
+        )
+    rows = [[r["seed"], r["run"], f"{r['AP']:.4f}", f"{r['AP50']:.4f}"] for r in spread["runs"]]
+
+    def shown(key: str) -> str:
+        mean, std = spread[key]["mean"], spread[key]["std"]
+        return f"{key} {mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
+    return "\n".join(
+        [
+            head,
+            f"<p>{shown('AP')}, {shown('AP50')} (mean ± sample std over {len(rows)} runs of "
+            f"{spread['iterations']} iterations on the training part, scored on the "
+            "validation split, single pass).</p>",
+            _table(["seed", "run", "AP", "AP50"], rows, {0, 2, 3}),
+        ]
+    )
+
+
 def _png(path: Path) -> str:
     """``path`` inlined as a data URI: the report stays one self-contained file."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -179,6 +204,7 @@ def fit_record(result: Any, budget_s: float) -> dict[str, Any]:
         "recipe": str(result.recipe),
         "checkpoint": result.checkpoint,
         "rank_agreement": None,
+        "seed_spread": None,
     }
 
 
@@ -205,6 +231,7 @@ def write_fit_report(out: Path, record: dict[str, Any]) -> Path:
         rules_section(record["rules"]),
         search_section(record["trials"], record["importances"]),
         rank_section(rank, rank_plot(rank, out / "rank_agreement.png") if rank else None),
+        seed_section(record.get("seed_spread")),
         "<h2>Where the budget went</h2>",
         _table(["step", "seconds"], timing_rows, {1}),
     ]
