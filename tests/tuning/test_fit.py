@@ -325,3 +325,45 @@ def test_lr_finder_rule_runs_on_the_rules_recipe_before_its_length_is_known(tiny
     assert rule.name == "lr"
     assert "no LR finder" not in rule.reason
     assert rule.knobs["lr"] > 0
+
+
+def test_search_importances_fall_back_to_the_first_rung_over_every_trial(tmp_path):
+    # A short budget completes one or two trials; the rest are pruned at the first rung,
+    # where every trial has a value: the importances rest on those, and say so.
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    search = FitSearch(lambda chosen: {}, tmp_path, None, 0, trial_iters=9, overhead=False)
+    dists = {
+        "lr_mult": FloatDistribution(1 / 3, 3.0, log=True),
+        "hflip": CategoricalDistribution([True, False]),
+    }
+    rng = np.random.default_rng(0)
+
+    def add(lr_mult, hflip, complete):
+        first = 1.0 - abs(np.log(lr_mult))  # only the LR matters
+        values = {3: first, 6: first + 0.1, 9: first + 0.2} if complete else {3: first}
+        search.study.add_trial(
+            create_trial(
+                params={"lr_mult": lr_mult, "hflip": hflip},
+                distributions=dists,
+                value=values[9] if complete else None,
+                intermediate_values=values,
+                state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+            )
+        )
+
+    add(1.0, True, complete=True)
+    add(0.5, False, complete=False)
+    found, basis = search.importances()
+    assert found == {} and "3 trials" in basis
+    for lr_mult in np.exp(rng.uniform(-1.0, 1.0, 10)):
+        add(float(lr_mult), bool(rng.integers(2)), complete=False)
+    found, basis = search.importances()
+    assert "12 trials at their first evaluation (3 iterations)" in basis
+    assert set(found) == {"lr_mult", "hflip"} and sum(found.values()) == pytest.approx(1.0)
+    assert found["lr_mult"] > found["hflip"]
+    for lr_mult in (0.4, 2.5):  # three complete trials: they are the basis
+        add(lr_mult, True, complete=True)
+    found, basis = search.importances()
+    assert "3 complete trials of 9 iterations" in basis and set(found) == {"lr_mult", "hflip"}

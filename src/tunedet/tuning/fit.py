@@ -105,10 +105,24 @@ class FitResult:
     metrics: dict[str, float]
     trials: list[dict[str, Any]] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)
+    importance_basis: str = ""  # which trials, at which length, the importances rest on
     timings: dict[str, float] = field(default_factory=dict)
     split: str = ""
     report: Path | None = None
     scored_by: str = "the final model"  # whose weights ``metrics`` are
+
+
+@dataclass
+class SearchOutcome:
+    """What the search found: its trials, the knobs' importances, the best trial's knobs
+    and number (none without a complete trial), and its rule for the report."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    importances: dict[str, float] = field(default_factory=dict)
+    importance_basis: str = ""
+    chosen: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
+    rule: Rule | None = None
 
 
 def recipe_raw(
@@ -235,18 +249,15 @@ def fit(
     timings["LR finder"] = clock.elapsed - sum(timings.values())
 
     # 4. search
-    trials: list[dict[str, Any]] = []
-    importances: dict[str, float] = {}
-    best: dict[str, Any] = {}
-    best_trial: int | None = None
+    outcome = SearchOutcome()
     if search:
         outcome = run_search(
             base, knobs, train_spec, val_spec, classes, fp, out, clock, seconds_per_iter,
             storage, seed, log, workers, device_kind,
         )  # fmt: skip
-        trials, importances, best, best_trial, search_rule = outcome
-        rules.append(search_rule)
-        log(f"search: {search_rule.reason}")
+        rules.append(outcome.rule)
+        log(f"search: {outcome.rule.reason}")
+    best, best_trial = outcome.chosen, outcome.best_trial
     timings["search"] = clock.elapsed - sum(timings.values())
 
     # 5. the final training with the rest of the budget
@@ -298,8 +309,9 @@ def fit(
         recipe=recipe,
         checkpoint=trainer.last_checkpoint,
         metrics=metrics,
-        trials=trials,
-        importances=importances,
+        trials=outcome.rows,
+        importances=outcome.importances,
+        importance_basis=outcome.importance_basis,
         timings={k: round(v, 1) for k, v in timings.items()},
         split=split_note,
         scored_by=scored_by,
@@ -443,10 +455,8 @@ def run_search(
     log: Any,
     workers: int | None = None,
     device_kind: str = "cpu",
-) -> tuple[list[dict], dict[str, float], dict[str, Any], int | None, Rule]:
-    """The multi-fidelity study (module docstring, step 4); returns (trial rows,
-    importances, the best trial's knobs, its number (None: no complete trial), the
-    search's rule)."""
+) -> SearchOutcome:
+    """The multi-fidelity study (module docstring, step 4)."""
     from tunedet.tuning.fit_search import FitSearch
     from tunedet.tuning.trial_workers import choose_layout
 
@@ -475,7 +485,7 @@ def run_search(
             f"trials of {trial_iters} iterations at {trial_speed:.2f} s "
             f"(fewer than {MIN_TRIAL_ITERS}); the rules' recipe is trained"
         )
-        return [], {}, {}, None, Rule("search", {}, why)
+        return SearchOutcome(rule=Rule("search", {}, why))
     trial_iters = 3 * math.ceil(trial_iters / 3)
     search = FitSearch(
         make_raw=functools.partial(trial_raw, base, trial_knobs, train_spec, val_spec, classes),
@@ -499,13 +509,13 @@ def run_search(
         search.optimize(lambda: deadline - clock.elapsed)
     spent = clock.elapsed - started
     rows = search.rows()
-    importances = search.importances()
+    importances, basis = search.importances()
     best = search.best()
     complete = sum(1 for r in rows if r["state"] == "complete")
     pruned = sum(1 for r in rows if r["state"].startswith("pruned"))
     if best is None:
         why = f"{len(rows)} trial(s) of {trial_iters} iterations, none complete: the rules' recipe"
-        return rows, importances, {}, None, Rule("search", {}, why)
+        return SearchOutcome(rows, importances, basis, rule=Rule("search", {}, why))
     chosen, value, number = best
     shown = ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items()
@@ -525,7 +535,9 @@ def run_search(
         f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
         f"best, {METRIC} {value:.3f} ({shown}){kept}"
     )
-    return rows, importances, chosen, number, Rule("search", dict(chosen), why)
+    return SearchOutcome(
+        rows, importances, basis, chosen, number, Rule("search", dict(chosen), why)
+    )
 
 
 def trial_raw(

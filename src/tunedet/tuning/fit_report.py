@@ -93,7 +93,9 @@ def rules_section(rules: list[dict[str, Any]]) -> str:
     )
 
 
-def search_section(trials: list[dict[str, Any]], importances: dict[str, float]) -> str:
+def search_section(
+    trials: list[dict[str, Any]], importances: dict[str, float], basis: str = ""
+) -> str:
     if not trials:
         return "<h2>Search</h2>\n<p>No search was run (see the search rule).</p>"
     keys = sorted({k for t in trials for k in t["params"]})
@@ -108,9 +110,10 @@ def search_section(trials: list[dict[str, Any]], importances: dict[str, float]) 
             [k, f"{v:.2f}", Markup(f'<span class="bar" style="width:{v * 20:.1f}em"></span>')]
             for k, v in importances.items()
         ]
-        parts += ["<h3>Importance of each knob</h3>", _table(["knob", "share", ""], bars, {1})]
+        parts += ["<h3>Importance of each knob</h3>", f"<p>{_e(basis)}.</p>" if basis else ""]
+        parts.append(_table(["knob", "share", ""], bars, {1}))
     else:
-        parts.append("<p>Importances need at least 3 complete trials with different values.</p>")
+        parts.append(f"<p>No importances: {_e(basis or 'fewer than 3 scored trials')}.</p>")
     return "\n".join(parts)
 
 
@@ -198,6 +201,7 @@ def fit_record(result: Any, budget_s: float) -> dict[str, Any]:
         "rules": [{"name": r.name, "knobs": r.knobs, "reason": r.reason} for r in result.rules],
         "trials": result.trials,
         "importances": result.importances,
+        "importance_basis": result.importance_basis,
         "timings_seconds": result.timings,
         "metrics": result.metrics,
         "scored_by": result.scored_by,
@@ -229,7 +233,7 @@ def write_fit_report(out: Path, record: dict[str, Any]) -> Path:
         "trains it again).</p>",
         fingerprint_section(record["fingerprint"]),
         rules_section(record["rules"]),
-        search_section(record["trials"], record["importances"]),
+        search_section(record["trials"], record["importances"], record.get("importance_basis", "")),
         rank_section(rank, rank_plot(rank, out / "rank_agreement.png") if rank else None),
         seed_section(record.get("seed_spread")),
         "<h2>Where the budget went</h2>",

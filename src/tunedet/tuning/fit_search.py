@@ -242,21 +242,46 @@ class FitSearch:
         trial = self.study.best_trial
         return dict(trial.params), float(trial.value), trial.number
 
-    def importances(self) -> dict[str, float]:
-        """fANOVA / PED-ANOVA importances (tuning/importance.py); empty with under 3
-        complete trials or a single value."""
-        from optuna.trial import TrialState
+    def importances(self) -> tuple[dict[str, float], str]:
+        """fANOVA / PED-ANOVA importances (tuning/importance.py) and what they rest on:
+        the complete trials when there are 3 of them, else every trial at the first rung
+        (the evaluation all of them reached, pruned ones included). Empty, with the
+        reason, under 3 trials or a single value."""
+        import optuna
+        from optuna.trial import TrialState, create_trial
 
         from tunedet.tuning.importance import param_importances
 
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        study = self.study
+        basis = f"{len(complete)} complete trials of {self.trial_iters} iterations"
         if len(complete) < 3 or len({t.value for t in complete}) < 2:
-            return {}
+            scored = [
+                t
+                for t in self.study.get_trials(deepcopy=False)
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values
+            ]
+            steps = set.intersection(*(set(t.intermediate_values) for t in scored or [[]]))
+            if len(scored) < 3 or not steps:
+                return {}, "importances need 3 trials scored at a common iteration"
+            step = min(steps)
+            study = optuna.create_study(direction="maximize")
+            for t in scored:
+                study.add_trial(
+                    create_trial(
+                        params=t.params,
+                        distributions=t.distributions,
+                        value=t.intermediate_values[step],
+                    )
+                )
+            basis = f"{len(scored)} trials at their first evaluation ({step} iterations)"
+            if len({t.intermediate_values[step] for t in scored}) < 2:
+                return {}, f"{basis}: one value, no importances"
         try:
-            found, _method = param_importances(self.study)
-        except (RuntimeError, ValueError):
-            return {}
-        return {k: float(v) for k, v in found.items()}
+            found, method = param_importances(study)
+        except (RuntimeError, ValueError) as error:
+            return {}, f"{basis}: {error}"
+        return {k: float(v) for k, v in found.items()}, f"{method} over {basis}"
 
 
 @dataclass
