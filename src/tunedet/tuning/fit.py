@@ -269,9 +269,10 @@ def fit(
     # The held-out images that fit chose itself have done their work once the knobs are
     # chosen: the final model trains on every image, and the validation figures and the
     # TTA check come from the best search trial's weights, which never saw them.
-    on_every_image = every_image is not None and best_trial is not None
+    final_data = final_data_rule(every_image is not None, best_trial)
+    rules.append(final_data)
+    on_every_image = final_data.knobs["final_train"] == "every image"
     final_train = every_image if on_every_image else train_spec
-    rules.append(final_data_rule(on_every_image, every_image is not None, best_trial))
     trainer, val_set = train_final(base, final_knobs, final_train, val_spec, classes, out, clock)
     timings["final training"] = clock.elapsed - sum(timings.values())
     log(f"final training: {trainer.iteration} iterations")
@@ -607,8 +608,10 @@ def check_tta(
     return tta_rule(METRIC, plain, with_tta, flips)
 
 
-def final_data_rule(on_every_image: bool, held_out_here: bool, best_trial: int | None) -> Rule:
-    """Which images the final model trains on, and why."""
+def final_data_rule(held_out_here: bool, best_trial: int | None) -> Rule:
+    """Which images the final model trains on, and why: every image when fit held the
+    validation split out itself and a search trial completed, else the training part."""
+    on_every_image = held_out_here and best_trial is not None
     if on_every_image:
         why = (
             "every image, the held-out ones included: they served to choose the knobs "
