@@ -706,10 +706,11 @@ def seed_spread(
     out: str | Path, runs: int = 2, max_iters: int | None = None, log: Any = print
 ) -> dict:
     """Train the recipe of the fit run in ``out`` (``OUT/recipe.yaml``, at its final
-    length or ``max_iters``) ``runs`` more times with the seeds after fit's, on the training part, and score each on
-    the validation split (single pass): mean ± sample std of AP and AP50 over those runs,
-    and the final model's own figures when it was scored on the split it never trained
-    on. ``fit.json`` and the report are rewritten with the figures."""
+    length or ``max_iters``) ``runs`` more times with the seeds after fit's, on the
+    training part, and score each on the validation split (single pass): mean ± sample
+    std of AP and AP50 over those runs, and the final model's own figures when it was
+    scored on a split it never trained on. ``fit.json`` and the report are rewritten with
+    the figures."""
     import statistics
 
     from tunedet.config.loader import load_config
