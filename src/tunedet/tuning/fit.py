@@ -729,16 +729,19 @@ def seed_spread(
     trial_configs = sorted((out / "trials").glob("*/config.yaml"))
     if trial_configs:  # the training part; the recipe's may be every image
         recipe.data.train = load_config(str(trial_configs[0])).data.train
+
+    def sample(seed: int, metrics: dict[str, float], run: str) -> dict[str, Any]:
+        return {"seed": seed, "AP": metrics.get("AP", 0.0), "AP50": metrics.get(METRIC, 0.0),
+                "run": run}  # fmt: skip
+
     samples = []
     if max_iters is None and record.get("scored_by", "the final model") == "the final model":
-        samples.append({"seed": recipe.seed, "AP": record["metrics"].get("AP", 0.0),
-                        "AP50": record["metrics"].get(METRIC, 0.0), "run": "final model"})  # fmt: skip
+        samples.append(sample(recipe.seed, record["metrics"], "final model"))
     for seed in range(recipe.seed + 1, recipe.seed + 1 + runs):
         cfg = recipe.model_copy(deep=True)
         cfg.seed = seed
         metrics = Trainer(cfg, out / "seed_check" / f"seed_{seed}", log=lambda *_: None).train()
-        samples.append({"seed": seed, "AP": metrics.get("AP", 0.0),
-                        "AP50": metrics.get(METRIC, 0.0), "run": "recipe again"})  # fmt: skip
+        samples.append(sample(seed, metrics, "recipe again"))
         log(f"seed {seed}: AP {samples[-1]['AP']:.4f}, AP50 {samples[-1]['AP50']:.4f}")
     spread: dict[str, Any] = {"iterations": recipe.train.max_iters, "runs": samples}
     for key in ("AP", "AP50"):
