@@ -367,3 +367,30 @@ def test_search_importances_fall_back_to_the_first_rung_over_every_trial(tmp_pat
         add(lr_mult, True, complete=True)
     found, basis = search.importances()
     assert "3 complete trials of 9 iterations" in basis and set(found) == {"lr_mult", "hflip"}
+
+
+def test_final_schedule_is_sized_at_the_scale_the_search_chose(tiny_coco, tmp_path, monkeypatch):
+    # A larger input from the search makes a step slower: the final schedule's estimate
+    # comes from a probe at the chosen scale, not the rules' probe.
+    from tunedet.tuning.fit_rules import Rule, lr_rule
+
+    probes = []
+
+    def fake_speed(raw, run_dir, steps=6):
+        resize = [t for t in raw["data"]["train_transforms"] if t["type"] == "resize"]
+        probes.append(resize[0]["factor"] if resize else 1.0)
+        return 0.05 * len(probes)
+
+    chosen = {"lr_mult": 1.0, "scale_mult": 1.41, "hflip": True}
+    monkeypatch.setattr(fit_module, "measure_speed", fake_speed)
+    monkeypatch.setattr(fit_module, "find_lr", lambda base, *a: lr_rule(None, 0.002, "skipped"))
+    monkeypatch.setattr(
+        fit_module,
+        "run_search",
+        lambda *a: fit_module.SearchOutcome(chosen=chosen, rule=Rule("search", chosen, "test")),
+    )
+    result = fit_module.fit(tiny_coco, budget="4s", out=tmp_path, threads=1, log=lambda *_: None)
+    scale = next(r for r in result.rules if r.name == "scale").knobs["scale"]
+    assert probes == [pytest.approx(scale, abs=1e-3), pytest.approx(scale * 1.41, abs=1e-3)]
+    schedule = next(r for r in result.rules if r.name == "schedule")
+    assert "at the measured 0.10 s per iteration" in schedule.reason

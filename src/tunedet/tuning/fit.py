@@ -262,6 +262,11 @@ def fit(
 
     # 5. the final training with the rest of the budget
     final_knobs = {**knobs, **best, "progress": progress, "ckpt_every": 0, "resume": True}
+    if best.get("scale_mult", 1.0) != 1.0:  # another input size: another step time
+        seconds_per_iter = measure_speed(
+            recipe_raw(base, final_knobs, train_spec, val_spec, classes), out / "speed_probe"
+        )
+        log(f"speed at the chosen scale: {seconds_per_iter:.3f} s per training iteration")
     schedule = schedule_rule(max(clock.left, 1.0), seconds_per_iter)
     final_knobs.update(schedule.knobs)
     rules.append(schedule)
