@@ -394,3 +394,14 @@ def test_final_schedule_is_sized_at_the_scale_the_search_chose(tiny_coco, tmp_pa
     assert probes == [pytest.approx(scale, abs=1e-3), pytest.approx(scale * 1.41, abs=1e-3)]
     schedule = next(r for r in result.rules if r.name == "schedule")
     assert "at the measured 0.10 s per iteration" in schedule.reason
+
+
+def test_tta_flips_follow_the_flips_the_final_recipe_trains_with():
+    # The search may turn horizontal flips off (digits: a mirror digit is not a digit);
+    # a left-right flip at test time is then not a sample the model was taught.
+    assert fit_module.trained_tta_flips({"tta_flips": ["h"], "hflip": True}) == ["h"]
+    assert fit_module.trained_tta_flips({"tta_flips": ["h"]}) == ["h"]  # not searched
+    assert fit_module.trained_tta_flips({"tta_flips": ["h"], "hflip": False}) == []
+    overhead = {"tta_flips": ["h", "v", "hv"], "hflip": False}
+    assert fit_module.trained_tta_flips(overhead) == ["v"]
+    assert fit_module.check_tta(None, {}, {"tta_flips": []}, {}, {}, [], {}).knobs == {"tta": None}

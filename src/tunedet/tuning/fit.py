@@ -262,6 +262,7 @@ def fit(
 
     # 5. the final training with the rest of the budget
     final_knobs = {**knobs, **best, "progress": progress, "ckpt_every": 0, "resume": True}
+    final_knobs["tta_flips"] = trained_tta_flips(final_knobs)
     if best.get("scale_mult", 1.0) != 1.0:  # another input size: another step time
         seconds_per_iter = measure_speed(
             recipe_raw(base, final_knobs, train_spec, val_spec, classes), out / "speed_probe"
@@ -593,6 +594,20 @@ def train_final(
     return trainer, val_set
 
 
+NO_FLIPS_TTA = Rule(
+    "tta", {"tta": None}, "no TTA: the final recipe trains without flips (the search turned "
+    "them off), so a flipped image is not a sample it was taught"
+)  # fmt: skip
+
+
+def trained_tta_flips(knobs: dict[str, Any]) -> list[str]:
+    """The augment rule's TTA flips, less those that mirror left-right when the search
+    turned horizontal flips off for training (``hv`` mirrors too)."""
+    if knobs.get("hflip", True):
+        return list(knobs["tta_flips"])
+    return [f for f in knobs["tta_flips"] if "h" not in f]
+
+
 def check_tta(
     trainer: Any,
     base: dict,
@@ -604,6 +619,8 @@ def check_tta(
 ) -> Rule:
     """Evaluate the final weights with the data's flip TTA on the validation split."""
     flips = knobs["tta_flips"]
+    if not flips:
+        return NO_FLIPS_TTA
     raw = recipe_raw(
         base, {**knobs, "tta": {"flips": flips, "merge": "vote"}}, train_spec, val_spec, classes
     )
@@ -645,13 +662,15 @@ def trial_metrics_and_tta(
 
     config = str(out / "trials" / f"{number:04d}" / "config.yaml")
     cfg = load_config(config, ["train.progress=false"])
-    tta = f"eval.tta={{flips: [{', '.join(flips)}], merge: vote}}"
-    tta_cfg = load_config(config, ["train.progress=false", tta])
     device = resolve_device(cfg.device)
     model, _ = model_from_checkpoint(Path(config).with_name("last.pt"), device, cfg=cfg)
     dataset = build_dataset(cfg.data.val)
     quiet = lambda *_: None  # noqa: E731
     metrics = evaluate_model(model, dataset, eval_settings(cfg), device, quiet)
+    if not flips:
+        return metrics, NO_FLIPS_TTA
+    tta = f"eval.tta={{flips: [{', '.join(flips)}], merge: vote}}"
+    tta_cfg = load_config(config, ["train.progress=false", tta])
     with_tta = evaluate_model(model, dataset, eval_settings(tta_cfg), device, quiet)
     plain = float(metrics.get(METRIC, 0.0))
     return metrics, tta_rule(METRIC, plain, float(with_tta.get(METRIC, 0.0)), flips)
