@@ -56,12 +56,17 @@ def changed_recipe(raw: dict, change: str) -> dict:
     return raw
 
 
+def check_folder(run: Path, change: str) -> Path:
+    """Where the row of ``change`` on the fit run ``run`` is kept."""
+    return run / "fit_check" / change.replace("=", "_").replace(",", "-")
+
+
 def run_check(run: Path, change: str, test: Path, threads: int) -> dict:
     from tunedet.config.loader import load_config
     from tunedet.engine.build import model_from_checkpoint
     from tunedet.engine.trainer import Trainer
 
-    out = run / "fit_check" / change.replace("=", "_").replace(",", "-")
+    out = check_folder(run, change)
     out.mkdir(parents=True, exist_ok=True)
     raw = changed_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), change)
     (out / "recipe_in.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -107,7 +112,7 @@ def main() -> None:
                 print(f"<!-- {name} seed {seed}: no fit row kept in {run} -->", flush=True)
                 continue
             fit_row = json.loads((run / "row.json").read_text())["row"]
-            kept = run / "fit_check" / args.change.replace("=", "_").replace(",", "-")
+            kept = check_folder(run, args.change)
             if (kept / "row.json").is_file():
                 row = json.loads((kept / "row.json").read_text())
             else:

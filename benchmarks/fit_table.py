@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -280,12 +281,9 @@ def print_verdict(rows: list[dict]) -> None:
             ratio50 = f"{fit['AP50'] / yolo['AP50']:.2f}"
         print(f"| {dataset} | {fit['AP']:.3f} | {' | '.join(checks)} | {ratio} | {ratio50} |")
     if ratios:
-        median = sorted(ratios)[len(ratios) // 2]
-        if len(ratios) % 2 == 0:
-            median = (sorted(ratios)[len(ratios) // 2 - 1] + median) / 2
         print(
             f"\nfit / YOLOv8n AP over {len(ratios)} datasets: mean {sum(ratios) / len(ratios):.2f}, "
-            f"median {median:.2f} (a dataset where YOLOv8n learned almost nothing dominates the "
+            f"median {statistics.median(ratios):.2f} (a dataset where YOLOv8n learned almost nothing dominates the "
             "mean)"
         )
 
@@ -293,8 +291,6 @@ def print_verdict(rows: list[dict]) -> None:
 def print_seed_spread(rows: list[dict]) -> None:
     """Mean ± sample std over the seeds run, per dataset and method, and fit / YOLOv8n
     AP50 in each seed (the trees target holds in both seeds or not at all)."""
-    import statistics
-
     seeds = sorted({r["seed"] for r in rows})
     if len(seeds) < 2:
         return

@@ -261,9 +261,12 @@ class FitSearch:
                 for t in self.study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values
             ]
-            steps = set.intersection(*(set(t.intermediate_values) for t in scored or [[]]))
-            if len(scored) < 3 or not steps:
-                return {}, "importances need 3 trials scored at a common iteration"
+            need = "importances need 3 trials scored at a common iteration"
+            if len(scored) < 3:
+                return {}, need
+            steps = set.intersection(*(set(t.intermediate_values) for t in scored))
+            if not steps:
+                return {}, need
             step = min(steps)
             study = optuna.create_study(direction="maximize")
             for t in scored:
