@@ -19,9 +19,11 @@ threads each (``tuning/trial_workers.py``), all stopping at one deadline.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +152,8 @@ class FitSearch:
                 return
             if max_trials is not None and len(self.study.get_trials(deepcopy=False)) >= max_trials:
                 return
-            trial = self.study.ask()
+            with _study_lock(self.out):
+                trial = self.study.ask()
             try:
                 value = self.objective(trial, left)
             except NonFiniteLossError:
@@ -314,6 +317,25 @@ def search_worker(job: SearchWorkerJob) -> None:
         job.search_scale,
     )  # fmt: skip
     search.optimize(lambda: job.deadline - time.monotonic(), job.max_trials)
+
+
+@contextlib.contextmanager
+def _study_lock(out: Path) -> Iterator[None]:
+    """Serialise ``study.ask()`` over the worker processes of one machine: on SQLite,
+    Optuna reads a waiting (enqueued) trial and marks it running in two statements, so two
+    workers asking at once can both take the first trial (optuna/optuna#4621)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: the race stays possible there
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".study.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fmt(value: Any) -> str:
