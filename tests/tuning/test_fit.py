@@ -83,6 +83,15 @@ def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, mo
     if any(t["state"] == "complete" for t in result.trials):
         assert Path(cfg.data.train.ann_file) == Path(tiny_coco)
         assert "every image" in final_data.reason and "trial" in result.scored_by
+        # no unseen image is left to judge TTA: the trained flips' TTA, said why
+        tta = next(r for r in result.rules if r.name == "tta")
+        trained = {t.type for t in cfg.data.train_transforms}
+        if tta.knobs["tta"] is None:  # the search turned the flips off
+            assert "trains without flips" in tta.reason and "hflip" not in trained
+        else:
+            assert "no unseen images are left" in tta.reason
+            assert cfg.eval.tta.flips == tta.knobs["tta"]["flips"]
+            assert ("h" in cfg.eval.tta.flips) == ("hflip" in trained)
     else:
         assert Path(cfg.data.train.ann_file) == out / "data" / "train.json"
         assert result.scored_by == "the final model"
@@ -405,3 +414,11 @@ def test_tta_flips_follow_the_flips_the_final_recipe_trains_with():
     overhead = {"tta_flips": ["h", "v", "hv"], "hflip": False}
     assert fit_module.trained_tta_flips(overhead) == ["v"]
     assert fit_module.check_tta(None, {}, {"tta_flips": []}, {}, {}, [], {}).knobs == {"tta": None}
+
+
+def test_tta_without_unseen_images_uses_the_trained_flips():
+    from tunedet.tuning.fit_rules import trained_flips_tta_rule
+
+    rule = trained_flips_tta_rule(["h", "v", "hv"])
+    assert rule.knobs == {"tta": {"flips": ["h", "v", "hv"], "merge": "vote"}}
+    assert "h/v/hv" in rule.reason and "4× the inference time" in rule.reason

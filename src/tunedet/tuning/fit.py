@@ -25,9 +25,10 @@ leave one → the final training. In order, all inside the wall-time budget:
    (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py),
    on every image when fit held the validation split out itself and a trial completed
    (the held-out images have chosen the knobs by then), else on the training part;
-6. outside the budget: the evaluation on the validation split, with and without flip
-   TTA (kept if it paid), of the final model, or of the best trial's weights when the
-   final model trained on the held-out images; the recipe as ``OUT/recipe.yaml``
+6. outside the budget: the evaluation on the validation split of the final model, with
+   and without flip TTA (kept if it paid); when the final model trained on the held-out
+   images, of the best trial's weights, and flip TTA with the trained flips (no unseen
+   image is left to judge it: ``fit_rules.trained_flips_tta_rule``); the recipe as ``OUT/recipe.yaml``
    (``tunedet train`` reproduces it) and the report ``OUT/report.html``.
 """
 
@@ -49,6 +50,7 @@ from tunedet.tuning.fit_rules import (
     data_rules,
     lr_rule,
     schedule_rule,
+    trained_flips_tta_rule,
     tta_rule,
 )
 
@@ -273,8 +275,8 @@ def fit(
     rules.append(schedule)
     log(f"rule schedule: {schedule.reason}")
     # The held-out images that fit chose itself have done their work once the knobs are
-    # chosen: the final model trains on every image, and the validation figures and the
-    # TTA check come from the best search trial's weights, which never saw them.
+    # chosen: the final model trains on every image, and the validation figures come from
+    # the best search trial's weights, which never saw them.
     final_data = final_data_rule(every_image is not None, best_trial)
     rules.append(final_data)
     on_every_image = final_data.knobs["final_train"] == "every image"
@@ -285,7 +287,9 @@ def fit(
 
     # 6. outside the budget: the validation figures, TTA, the recipe, the report
     if on_every_image:
-        metrics, tta = trial_metrics_and_tta(out, best_trial, final_knobs["tta_flips"])
+        metrics = trial_metrics(out, best_trial)
+        flips = final_knobs["tta_flips"]
+        tta = trained_flips_tta_rule(flips) if flips else NO_FLIPS_TTA
         scored_by = f"search trial {best_trial}'s weights (the final model trained on them)"
     else:
         trainer.val_set = val_set
@@ -637,8 +641,8 @@ def final_data_rule(held_out_here: bool, best_trial: int | None) -> Rule:
     if on_every_image:
         why = (
             "every image, the held-out ones included: they served to choose the knobs "
-            f"(search), and the validation figures and the TTA check are search trial "
-            f"{best_trial}'s, whose weights never saw them"
+            f"(search), and the validation figures are search trial {best_trial}'s, whose "
+            "weights never saw them"
         )
     elif held_out_here:
         why = (
@@ -650,11 +654,8 @@ def final_data_rule(held_out_here: bool, best_trial: int | None) -> Rule:
     return Rule("final data", {"final_train": "every image" if on_every_image else "train"}, why)
 
 
-def trial_metrics_and_tta(
-    out: Path, number: int, flips: list[str]
-) -> tuple[dict[str, float], Rule]:
-    """Search trial ``number``'s last weights on the validation split: its metrics, and the
-    TTA rule from the same weights with the data's flips."""
+def trial_metrics(out: Path, number: int) -> dict[str, float]:
+    """Search trial ``number``'s last weights on the validation split."""
     from tunedet.config.loader import load_config
     from tunedet.data.build import build_dataset
     from tunedet.engine.build import eval_settings, model_from_checkpoint, resolve_device
@@ -664,16 +665,8 @@ def trial_metrics_and_tta(
     cfg = load_config(config, ["train.progress=false"])
     device = resolve_device(cfg.device)
     model, _ = model_from_checkpoint(Path(config).with_name("last.pt"), device, cfg=cfg)
-    dataset = build_dataset(cfg.data.val)
     quiet = lambda *_: None  # noqa: E731
-    metrics = evaluate_model(model, dataset, eval_settings(cfg), device, quiet)
-    if not flips:
-        return metrics, NO_FLIPS_TTA
-    tta = f"eval.tta={{flips: [{', '.join(flips)}], merge: vote}}"
-    tta_cfg = load_config(config, ["train.progress=false", tta])
-    with_tta = evaluate_model(model, dataset, eval_settings(tta_cfg), device, quiet)
-    plain = float(metrics.get(METRIC, 0.0))
-    return metrics, tta_rule(METRIC, plain, float(with_tta.get(METRIC, 0.0)), flips)
+    return evaluate_model(model, build_dataset(cfg.data.val), eval_settings(cfg), device, quiet)
 
 
 def write_recipe(out: Path, raw: dict[str, Any], rules: list[Rule]) -> Path:
