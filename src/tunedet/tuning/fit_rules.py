@@ -22,9 +22,11 @@ dataset's fingerprint (Isensee et al. 2021):
   imagery; Mosaic only at native scale on whole images with few objects per image that
   stay above half the smallest anchor when halved;
 - **batch size**: a fixed number of input pixels per step for the device;
-- **LR**: the LR finder's suggestion, kept within [base / 10, 5 · base];
+- **LR**: the LR finder's suggestion (fit.py: the min/10 rule × 2.5), kept within
+  [base / 10, 5 · base];
 - **schedule**: warmup + cosine sized to the training time left;
-- **TTA**: flip test-time augmentation kept only if it raised the held-out metric.
+- **TTA**: flip test-time augmentation kept only if it raised the held-out metric; with
+  no unseen image left to judge it, the flips the final model trained with.
 """
 
 from __future__ import annotations
