@@ -222,6 +222,7 @@ def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, 
     assert first["params"] == {"lr_mult": 1.0, "scale_mult": 1.0, "hflip": True}
     trial = search.study.trials[0]
     assert sorted(trial.intermediate_values) == [1, 2, 3] or trial.state.name == "PRUNED"
+    assert all(r["state"] != "pruned at 3" for r in rows)  # trained to the end: complete
     best = search.best()
     assert best is not None and best[1] == max(r["value"] for r in rows if r["state"] == "complete")
 

@@ -119,7 +119,8 @@ class FitSearch:
 
         def on_evaluate(iteration: int, metrics: dict[str, float]) -> bool:
             trial.report(float(metrics.get(self.metric, 0.0)), iteration)
-            if trial.should_prune():
+            # a trial that has trained to its end is complete: nothing left to save
+            if iteration < self.trial_iters and trial.should_prune():
                 pruned_at.append(iteration)
                 return True
             return False
