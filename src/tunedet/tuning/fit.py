@@ -28,8 +28,9 @@ leave one → the final training. In order, all inside the wall-time budget:
 6. outside the budget: the evaluation on the validation split of the final model, with
    and without flip TTA (kept if it paid); when the final model trained on the held-out
    images, of the best trial's weights, and flip TTA with the trained flips (no unseen
-   image is left to judge it: ``fit_rules.trained_flips_tta_rule``); the recipe as ``OUT/recipe.yaml``
-   (``tunedet train`` reproduces it) and the report ``OUT/report.html``.
+   image is left to judge it: ``fit_rules.trained_flips_tta_rule``); the recipe as
+   ``OUT/recipe.yaml`` (``tunedet train`` reproduces it) and the report
+   ``OUT/report.html``.
 """
 
 from __future__ import annotations
