@@ -8,7 +8,12 @@ same iterations on the same images, and score it on the test split as the table 
   iterations, the final run's in time, so the two differ a little);
 - ``lr=K``: the base LR times K;
 - ``scale=K``: the input scale (the resize factor of training and evaluation) times K;
-- ``tta=h,v,hv``: flip TTA at evaluation (no training: the fit run's own checkpoint).
+- ``tta=h,v,hv``: flip TTA at evaluation (no training: the fit run's own checkpoint);
+- ``iters=K``: the recipe's iterations times K (the schedule stretched with them);
+- ``data=train``: trained on fit's training part only (the held-out images left out, as
+  fit's search trials train), instead of the recipe's images.
+
+Changes combine with ``+`` (``iters=1.5+data=train``).
 
 A rule is worth changing only if the change pays on most datasets, not on one.
 
@@ -34,13 +39,24 @@ from fit_suite import NAMES, write_suite  # noqa: E402
 from fit_table import score  # noqa: E402
 
 
-def changed_recipe(raw: dict, change: str) -> dict:
-    """The resolved recipe ``raw`` with ``change`` applied (module docstring)."""
+def changed_recipe(raw: dict, change: str, run: Path | None = None) -> dict:
+    """The resolved recipe ``raw`` of the fit run ``run`` with ``change`` applied (module
+    docstring)."""
+    if "+" in change:
+        for part in change.split("+"):
+            raw = changed_recipe(raw, part, run)
+        return raw
     if change == "none" or change.startswith("tta="):
         return raw
     key, _, value = change.partition("=")
+    if key == "data" and value == "train" and run is not None:
+        trial = yaml.safe_load((run / "trials" / "0000" / "config.yaml").read_text())
+        raw["data"]["train"] = trial["data"]["train"]
+        return raw
     factor = float(value)
-    if key == "lr":
+    if key == "iters":
+        raw["train"]["max_iters"] = round(raw["train"]["max_iters"] * factor)
+    elif key == "lr":
         raw["optim"]["lr"] = raw["optim"]["lr"] * factor
     elif key == "scale":
         for section in ("train_transforms", "val_transforms"):
@@ -52,7 +68,9 @@ def changed_recipe(raw: dict, change: str) -> dict:
                 at = 1 if steps and steps[0]["type"] == "mosaic" else 0
                 steps.insert(at, {"type": "resize", "factor": factor, "max_size": 2048})
     else:
-        raise SystemExit(f"--change {change!r}: give none, lr=K, scale=K or tta=h,v,hv")
+        raise SystemExit(
+            f"--change {change!r}: give none, lr=K, scale=K, iters=K, data=train or tta=h,v,hv"
+        )
     return raw
 
 
@@ -68,7 +86,7 @@ def run_check(run: Path, change: str, test: Path, threads: int) -> dict:
 
     out = check_folder(run, change)
     out.mkdir(parents=True, exist_ok=True)
-    raw = changed_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), change)
+    raw = changed_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), change, run)
     (out / "recipe_in.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     overrides = [
         "train.progress=false", "train.ckpt_every=0", "train.resume=false",
@@ -96,7 +114,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/fit_suite"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fit_table"))
-    parser.add_argument("--change", required=True, help="none, lr=K, scale=K or tta=h,v,hv")
+    parser.add_argument(
+        "--change",
+        required=True,
+        help="none, lr=K, scale=K, iters=K, data=train, tta=h,v,hv; + combines",
+    )
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(NAMES)}")
     parser.add_argument("--threads", type=int, default=1)
