@@ -46,7 +46,6 @@ TINY_KNOBS = {
 def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, monkeypatch):
     # short trials allowed, so that a fast machine runs the search inside seconds
     monkeypatch.setattr(fit_module, "MIN_TRIAL_ITERS", 3)
-    monkeypatch.setattr(fit_module, "TRIALS_TARGET", 2)
     out = tmp_path / "fit"
     lines = []
     result = fit_module.fit(tiny_coco, budget="25s", out=out, threads=1, log=lines.append)
@@ -65,7 +64,7 @@ def test_fit_end_to_end_writes_a_recipe_that_train_reads(tiny_coco, tmp_path, mo
     if result.trials:
         assert (out / "study.db").is_file()
         first = min(result.trials, key=lambda t: t["trial"])
-        assert first["params"]["lr_mult"] == 1.0 and first["params"]["scale_mult"] == 1.0
+        assert first["params"]["scale_mult"] == 1.0 and first["params"].get("hflip", True)
     # the recipe: a config `tunedet train` loads, trained for the final run's length
     cfg = load_config(str(result.recipe))
     final = sorted((out / "final" / "checkpoints").glob("iter_*.pt"))[-1]
@@ -161,21 +160,63 @@ def test_parse_budget_units_and_errors():
         fit_module.parse_budget("soon")
 
 
-def test_the_scale_is_not_searched_when_crops_are_trained(tmp_path):
-    """With crops a step costs the same at any scale: short trials would only measure
-    which scale learns fastest, so the rule's scale is kept."""
+def test_the_search_grid_holds_the_open_knobs_with_the_rules_recipe_first():
+    """The scale is searched only on whole images (with crops a step costs the same at any
+    scale, and short trials would only measure which scale learns fastest), horizontal
+    flips only for imagery that is not overhead; the LR never (short trials favour a low
+    one)."""
+    from tunedet.tuning.fit_search import SCALE_MULT, search_grid
+
+    assert search_grid(overhead=False, search_scale=False) == [{"hflip": True}, {"hflip": False}]
+    assert search_grid(overhead=True, search_scale=False) == [{}]  # the rules' recipe alone
+    scales = search_grid(overhead=True, search_scale=True)
+    assert scales[0] == {"scale_mult": 1.0}
+    assert sorted(c["scale_mult"] for c in scales) == sorted(SCALE_MULT)
+    both = search_grid(overhead=False, search_scale=True, seed=3)
+    assert both[0] == {"scale_mult": 1.0, "hflip": True} and len(both) == 2 * len(SCALE_MULT)
+    assert len({tuple(sorted(c.items())) for c in both}) == len(both)  # each combination once
+    assert both == search_grid(overhead=False, search_scale=True, seed=3)  # seeded
+    orders = {tuple(map(str, search_grid(False, True, seed))) for seed in range(5)}
+    assert len(orders) > 1
+
+
+def test_the_search_enqueues_its_grid_and_trials_take_it_in_order(tmp_path):
     search = FitSearch(
         lambda c: c, tmp_path, None, 0, trial_iters=9, overhead=False, search_scale=False
     )
-    (waiting,) = search.study.get_trials(deepcopy=False)
-    assert waiting.system_attrs["fixed_params"] == {"lr_mult": 1.0, "hflip": True}
-    for _ in range(3):
+    waiting = search.study.get_trials(deepcopy=False)
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"hflip": True}, {"hflip": False}]
+    for expected in ({"hflip": True}, {"hflip": False}):
         trial = search.study.ask()
-        assert set(search.sample(trial)) == {"lr_mult", "hflip"}
+        assert search.sample(trial) == expected
         search.study.tell(trial, 0.5)
-    (tmp_path / "whole").mkdir()
-    whole = FitSearch(lambda c: c, tmp_path / "whole", None, 0, trial_iters=9, overhead=True)
-    assert set(whole.sample(whole.study.ask())) == {"lr_mult", "scale_mult"}
+
+
+def test_with_no_knob_open_the_study_is_one_trial_of_the_rules_recipe(tmp_path):
+    # Overhead imagery trained as crops: the LR is the finder's, the scale the rule's and
+    # every flip is valid. One trial still trains without the held-out images: its weights
+    # give the validation figures when the final model trains on every image.
+    search = FitSearch(
+        lambda c: c, tmp_path, None, 0, trial_iters=9, overhead=True, search_scale=False
+    )
+    (waiting,) = search.study.get_trials(deepcopy=False)
+    assert waiting.system_attrs["fixed_params"] == {}
+    trial = search.study.ask()
+    assert search.sample(trial) == {}
+    search.study.tell(trial, 0.4)
+    search.optimize(lambda: 60.0)  # the grid is done: no trial more
+    assert len(search.rows()) == 1 and search.best() == ({}, 0.4, 0)
+    final = fit_module.final_data_rule(True, 0)
+    assert final.knobs["final_train"] == "every image"
+
+
+def test_trials_are_sized_so_the_grid_fills_the_search_time():
+    # one trial: all the time; 8 one at a time: 1 + 7 × 0.56 trial lengths
+    assert fit_module.trial_length(100.0, 1, 1, 0.1) == 1000
+    assert fit_module.trial_length(100.0, 8, 1, 0.1) == int(100 / (4.92 * 0.1))
+    # two trials side by side take one trial's wall time, not less
+    assert fit_module.trial_length(100.0, 2, 2, 0.1) == 1000
+    assert fit_module.trial_length(100.0, 8, 4, 0.1) == int(100 / (4.92 / 4 * 0.1))
 
 
 def test_fit_cli_refuses_a_bad_budget_in_one_line(tiny_coco, capsys):
@@ -190,13 +231,10 @@ def test_a_new_search_measures_the_rules_recipe_first_and_a_rerun_continues(tmp_
 
     first = make(False)
     waiting = first.study.get_trials(deepcopy=False)
-    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == {
-        "lr_mult": 1.0,
-        "scale_mult": 1.0,
-        "hflip": True,
-    }
-    again = make(False)  # the same storage: the study is continued, not re-seeded
-    assert len(again.study.get_trials(deepcopy=False)) == 1
+    assert len(waiting) == 8
+    assert waiting[0].system_attrs["fixed_params"] == {"scale_mult": 1.0, "hflip": True}
+    again = make(False)  # the same storage: the study is continued, not enqueued again
+    assert len(again.study.get_trials(deepcopy=False)) == 8
 
 
 def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, tmp_path):
@@ -219,7 +257,7 @@ def test_search_trials_report_rungs_and_the_best_is_a_complete_trial(tiny_coco, 
     rows = search.rows()
     assert len(rows) == 3
     first = next(r for r in rows if r["trial"] == 0)
-    assert first["params"] == {"lr_mult": 1.0, "scale_mult": 1.0, "hflip": True}
+    assert first["params"] == {"scale_mult": 1.0, "hflip": True}
     trial = search.study.trials[0]
     assert sorted(trial.intermediate_values) == [1, 2, 3] or trial.state.name == "PRUNED"
     assert all(r["state"] != "pruned at 3" for r in rows)  # trained to the end: complete
@@ -270,7 +308,7 @@ def test_search_trials_run_side_by_side_in_worker_processes(tiny_coco, tmp_path)
     assert 3 <= len(rows) <= 4
     assert all(r["state"] == "complete" or r["state"].startswith("pruned") for r in rows)
     first = next(r for r in rows if r["trial"] == 0)
-    assert first["params"] == {"lr_mult": 1.0, "scale_mult": 1.0, "hflip": True}
+    assert first["params"] == {"scale_mult": 1.0, "hflip": True}
     assert len({tuple(sorted(r["params"].items())) for r in rows}) == len(rows)  # no repeats
     for row in rows:
         run = yaml.safe_load(
@@ -340,22 +378,22 @@ def test_lr_finder_rule_runs_on_the_rules_recipe_before_its_length_is_known(tiny
 def test_search_importances_fall_back_to_the_first_rung_over_every_trial(tmp_path):
     # A short budget completes one or two trials; the rest are pruned at the first rung,
     # where every trial has a value: the importances rest on those, and say so.
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState, create_trial
 
     search = FitSearch(lambda chosen: {}, tmp_path, None, 0, trial_iters=9, overhead=False)
     dists = {
-        "lr_mult": FloatDistribution(1 / 3, 3.0, log=True),
+        "scale_mult": CategoricalDistribution([0.5, 0.71, 1.0, 1.41]),
         "hflip": CategoricalDistribution([True, False]),
     }
     rng = np.random.default_rng(0)
 
-    def add(lr_mult, hflip, complete):
-        first = 1.0 - abs(np.log(lr_mult))  # only the LR matters
+    def add(scale_mult, hflip, complete):
+        first = {0.5: 0.1, 0.71: 0.3, 1.0: 0.6, 1.41: 0.5}[scale_mult]  # only the scale matters
         values = {3: first, 6: first + 0.1, 9: first + 0.2} if complete else {3: first}
         search.study.add_trial(
             create_trial(
-                params={"lr_mult": lr_mult, "hflip": hflip},
+                params={"scale_mult": scale_mult, "hflip": hflip},
                 distributions=dists,
                 value=values[9] if complete else None,
                 intermediate_values=values,
@@ -367,16 +405,16 @@ def test_search_importances_fall_back_to_the_first_rung_over_every_trial(tmp_pat
     add(0.5, False, complete=False)
     found, basis = search.importances()
     assert found == {} and "3 trials" in basis
-    for lr_mult in np.exp(rng.uniform(-1.0, 1.0, 10)):
-        add(float(lr_mult), bool(rng.integers(2)), complete=False)
+    for scale_mult in rng.choice([0.5, 0.71, 1.0, 1.41], 10):
+        add(float(scale_mult), bool(rng.integers(2)), complete=False)
     found, basis = search.importances()
     assert "12 trials at their first evaluation (3 iterations)" in basis
-    assert set(found) == {"lr_mult", "hflip"} and sum(found.values()) == pytest.approx(1.0)
-    assert found["lr_mult"] > found["hflip"]
-    for lr_mult in (0.4, 2.5):  # three complete trials: they are the basis
-        add(lr_mult, True, complete=True)
+    assert set(found) == {"scale_mult", "hflip"} and sum(found.values()) == pytest.approx(1.0)
+    assert found["scale_mult"] > found["hflip"]
+    for scale_mult in (0.5, 1.41):  # three complete trials: they are the basis
+        add(scale_mult, True, complete=True)
     found, basis = search.importances()
-    assert "3 complete trials of 9 iterations" in basis and set(found) == {"lr_mult", "hflip"}
+    assert "3 complete trials of 9 iterations" in basis and set(found) == {"scale_mult", "hflip"}
 
 
 def test_final_schedule_is_sized_at_the_scale_the_search_chose(tiny_coco, tmp_path, monkeypatch):
@@ -391,7 +429,7 @@ def test_final_schedule_is_sized_at_the_scale_the_search_chose(tiny_coco, tmp_pa
         probes.append(resize[0]["factor"] if resize else 1.0)
         return 0.05 * len(probes)
 
-    chosen = {"lr_mult": 1.0, "scale_mult": 1.41, "hflip": True}
+    chosen = {"scale_mult": 1.41, "hflip": True}
     monkeypatch.setattr(fit_module, "measure_speed", fake_speed)
     monkeypatch.setattr(fit_module, "find_lr", lambda base, *a: lr_rule(None, 0.002, "skipped"))
     monkeypatch.setattr(

@@ -10,17 +10,20 @@ leave one → the final training. In order, all inside the wall-time budget:
 2. fingerprint the training part; apply the data rules to the ``retinanet/demo`` recipe;
 3. time a few steps, then the LR finder (Smith 2017) for the base LR (skipped, and said
    so, when the budget is too short for it);
-4. a multi-fidelity Optuna study over the knobs the rules leave open (the LR around the
-   finder's, the scale around the rule's, horizontal flips for imagery that is not
-   overhead): trials of ``T`` iterations evaluated at ``T/3``, ``2T/3`` and ``T`` on
-   the validation split, successive halving (Jamieson & Talwalkar 2016; reduction
-   factor 3, first rung ``T/3``) stopping the weaker ones. The first trial is the rules'
-   recipe unchanged. The study is stored in ``OUT/study.db`` (or ``--storage``, e.g.
+4. a multi-fidelity Optuna study over the knobs the rules leave open (the scale around
+   the rule's when whole images are trained, horizontal flips for imagery that is not
+   overhead; not the LR, which short trials would set too low: ``fit_search.py``): a
+   grid, each combination one trial of ``T`` iterations, the rules' recipe first,
+   evaluated at ``T/3``, ``2T/3`` and ``T`` on the validation split, successive halving
+   (Jamieson & Talwalkar 2016; reduction factor 3, first rung ``T/3``) stopping the
+   weaker ones; ``T`` is sized so that the grid fills the search's share of the budget.
+   No knob open (overhead imagery trained as crops): one trial, the rules' recipe, whose
+   weights give the validation figures. The study is stored in ``OUT/study.db`` (or ``--storage``, e.g.
    PostgreSQL): a re-run continues it, and its trials count against the budget again
    only when run. On a CPU the trials run side by side in P processes of T threads
-   (``tuning/trial_workers.py``; at most ``TRIALS_TARGET / 2`` processes; one at a time
-   when ``threads`` alone is given, or the search is short), sized from a second speed
-   probe at T threads;
+   (``tuning/trial_workers.py``; at most ``MAX_TRIAL_WORKERS`` processes and no more
+   than the grid's trials; one at a time when ``threads`` alone is given, or the search
+   is short), sized from a second speed probe at T threads;
 5. the final training of the best trial's recipe with all the budget left
    (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py),
    on every image when fit held the validation split out itself and a trial completed
@@ -63,7 +66,7 @@ FINDER_ITERS = (15, 50)  # fewer steps than the first: no finder
 # fit_recipe_check.py --change lr=2.5; docs/PERFORMANCE.md), so fit starts there (min/4).
 FINDER_LR_FACTOR = 2.5
 SEARCH_SHARE = 0.3  # of the budget left after the LR finder
-TRIALS_TARGET = 8  # trials the search is sized for (pruned ones cost a third)
+MAX_TRIAL_WORKERS = 4  # search trials side by side, at most
 MIN_TRIAL_ITERS = 30  # shorter trials would rank nothing: no search
 SIDE_BY_SIDE_MIN_S = 60  # a shorter search runs its trials one at a time, in this process
 METRIC = "AP50"
@@ -172,7 +175,7 @@ def recipe_raw(
         "val_batch_size": 1 if knobs.get("crop") else knobs["batch_size"],
         "num_workers": 0,
     }
-    raw["optim"]["lr"] = float(f"{knobs['lr'] * knobs.get('lr_mult', 1.0):.4g}")
+    raw["optim"]["lr"] = float(f"{knobs['lr']:.4g}")
     raw["schedule"]["warmup"]["iters"] = knobs.get("warmup_iters", 100)
     raw["train"] = {
         "max_iters": knobs.get("max_iters"),
@@ -473,11 +476,14 @@ def run_search(
     device_kind: str = "cpu",
 ) -> SearchOutcome:
     """The multi-fidelity study (module docstring, step 4)."""
-    from tunedet.tuning.fit_search import FitSearch
+    from tunedet.tuning.fit_search import FitSearch, search_grid
     from tunedet.tuning.trial_workers import choose_layout
 
+    search_scale = knobs.get("crop") is None
+    grid = search_grid(fp.overhead.overhead, search_scale, seed)
     search_seconds = SEARCH_SHARE * clock.left
-    layout = choose_layout(workers, None, knobs["threads"], device_kind, TRIALS_TARGET // 2)
+    cap = min(len(grid), MAX_TRIAL_WORKERS)
+    layout = choose_layout(workers, None, knobs["threads"], device_kind, cap)
     if workers is None and (knobs["threads"] or search_seconds < SIDE_BY_SIDE_MIN_S):
         # --threads alone caps the CPU fit uses (the fit table compares at equal threads);
         # in a short search a worker process's start-up would be a large share of it
@@ -492,9 +498,7 @@ def run_search(
             out / "speed_probe_trial",
         )
         log(f"speed: {trial_speed:.3f} s per iteration at {layout.threads} thread(s) a trial")
-    # a trial of T iterations costs about T/3 pruned or T complete; with two in three
-    # pruned the mean is ~0.56 T: size T so TRIALS_TARGET trials fit, P at a time
-    trial_iters = int(layout.workers * search_seconds / (0.56 * TRIALS_TARGET * trial_speed))
+    trial_iters = trial_length(search_seconds, len(grid), layout.workers, trial_speed)
     if trial_iters < MIN_TRIAL_ITERS:
         why = (
             f"no search: {search_seconds:.0f} s ({SEARCH_SHARE:.0%} of the budget left) holds "
@@ -512,7 +516,7 @@ def run_search(
         overhead=fp.overhead.overhead,
         metric=METRIC,
         log=log,
-        search_scale=knobs.get("crop") is None,
+        search_scale=search_scale,
     )
     started = clock.elapsed
     deadline = started + search_seconds
@@ -539,21 +543,32 @@ def run_search(
     side = (
         f", {layout.workers} at a time × {layout.threads} thread(s)" if layout.workers > 1 else ""
     )
-    kept = (
-        ""
-        if search.search_scale
-        else "; the scale rule's factor kept (trained as crops: a step costs the same at "
-        "any scale, and short trials favour small inputs)"
-    )
+    kept = "; the LR finder's LR kept (short trials favour a low LR)"
+    if not search.search_scale:
+        kept += (
+            "; the scale rule's factor kept (trained as crops: a step costs the same at "
+            "any scale, and short trials favour small inputs)"
+        )
+    if chosen == {}:
+        kept += "; no knob left open: the one trial is the rules' recipe"
     why = (
-        f"{len(rows)} trial(s) of {trial_iters} iterations in {spent:.0f} s (planned "
-        f"{search_seconds:.0f} s{side}) "
+        f"{len(rows)} of {len(grid)} grid trial(s) of {trial_iters} iterations in "
+        f"{spent:.0f} s (planned {search_seconds:.0f} s{side}) "
         f"({complete} complete, {pruned} pruned by successive halving): trial {number} "
         f"best, {METRIC} {value:.3f} ({shown}){kept}"
     )
     return SearchOutcome(
         rows, importances, basis, chosen, number, Rule("search", dict(chosen), why)
     )
+
+
+def trial_length(seconds: float, trials: int, workers: int, seconds_per_iter: float) -> int:
+    """Iterations ``T`` of each of ``trials`` search trials so that they fill ``seconds``:
+    the first runs to the end, each other costs ~0.56 T (two in three pruned at T/3, a
+    third complete), ``workers`` at a time, and never less than one whole trial of wall
+    time."""
+    lengths = max(1.0, (1 + 0.56 * (trials - 1)) / workers)
+    return int(seconds / (lengths * seconds_per_iter))
 
 
 def trial_raw(

@@ -1,27 +1,34 @@
 """``tunedet fit``'s search: a small multi-fidelity Optuna study over the knobs that the
 rules leave open.
 
-Knobs: ``lr_mult`` (the LR finder's LR times 1/3 … 3, log-uniform), ``scale_mult`` (the
-scale rule's factor times 0.5, 0.71, 1 or 1.41: a smaller input trains more images in
-the same time; searched only when whole images are trained: with crops a step costs the
-same at any scale, and short trials then only measure which scale learns fastest, which
-favours small inputs that a full-length run outgrows) and, for imagery that is not
-overhead,
-``hflip`` (a mirror image may not be a valid sample: text, digits). Each trial trains
-``trial_iters`` iterations and is evaluated at a third, two thirds and the end;
-Optuna's successive-halving pruner (reduction factor 3, first rung at a third) stops
-the trials that are not in the top third of their rung. The first trial of a new study
-is the rules' recipe (every multiplier 1, flips on). The study lives in ``OUT/study.db``
-or any SQLAlchemy URL (``tuning/study.py``'s storage: heartbeat, PostgreSQL): a re-run of
-fit continues it. On a CPU the trials run side by side, P worker processes of T torch
-threads each (``tuning/trial_workers.py``), all stopping at one deadline.
+Knobs: ``scale_mult`` (the scale rule's factor times 0.5, 0.71, 1 or 1.41: a smaller
+input trains more images in the same time; searched only when whole images are trained:
+with crops a step costs the same at any scale, and short trials then only measure which
+scale learns fastest, which favours small inputs that a full-length run outgrows) and,
+for imagery that is not overhead, ``hflip`` (a mirror image may not be a valid sample:
+text, digits); with neither open, the study is one trial of the rules' recipe. The LR
+is the LR finder's and is not searched: short trials favour a low
+LR that full-length runs outgrow (the same short-horizon bias; Wu et al. 2018, "Understanding
+Short-Horizon Bias in Stochastic Meta-Optimization").
+
+The knobs are discrete, so the study is a grid: each combination is one trial, the
+rules' recipe (every multiplier 1, flips on) first, the others in a seeded order, all
+enqueued when the study is made. Each trial trains ``trial_iters`` iterations and is
+evaluated at a third, two thirds and the end; Optuna's successive-halving pruner
+(reduction factor 3, first rung at a third) stops the trials that are not in the top
+third of their rung. The study lives in ``OUT/study.db`` or any SQLAlchemy URL
+(``tuning/study.py``'s storage: heartbeat, PostgreSQL): a re-run of fit continues it. On
+a CPU the trials run side by side, P worker processes of T torch threads each
+(``tuning/trial_workers.py``), all stopping at one deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +38,27 @@ from typing import Any
 from tunedet.tuning.study import open_storage
 
 STUDY_NAME = "fit"
-LR_MULT = (1 / 3, 3.0)  # the LR rule's LR times these (log-uniform)
 SCALE_MULT = [0.5, 0.71, 1.0, 1.41]  # the scale rule's factor times these
+
+
+def search_grid(overhead: bool, search_scale: bool, seed: int = 0) -> list[dict[str, Any]]:
+    """The combinations of the open knobs, the rules' recipe first and the others in a
+    seeded order. With no knob open (overhead imagery trained as crops) one trial of the
+    rules' recipe, ``{}``: its weights, trained without the held-out images, give the
+    validation figures when the final model trains on every image."""
+    space: dict[str, list[Any]] = {}
+    if search_scale:
+        space["scale_mult"] = SCALE_MULT
+    if not overhead:
+        space["hflip"] = [True, False]
+    first = {k: v for k, v in {"scale_mult": 1.0, "hflip": True}.items() if k in space}
+    rest = [
+        dict(zip(space, values, strict=True))
+        for values in itertools.product(*space.values())
+        if dict(zip(space, values, strict=True)) != first
+    ]
+    random.Random(seed).shuffle(rest)
+    return [first, *rest]
 
 
 class FitSearch:
@@ -81,16 +107,15 @@ class FitSearch:
         self.study.sampler = optuna.samplers.TPESampler(
             seed=seed + done * workers + worker, multivariate=True, constant_liar=workers > 1
         )
+        self.grid = search_grid(overhead, search_scale, seed)
         if done == 0:
-            first: dict[str, Any] = {"lr_mult": 1.0}
-            if search_scale:
-                first["scale_mult"] = 1.0
-            if not overhead:
-                first["hflip"] = True
-            self.study.enqueue_trial(first)
+            for combination in self.grid:
+                self.study.enqueue_trial(combination)
 
     def sample(self, trial: Any) -> dict[str, Any]:
-        chosen: dict[str, Any] = {"lr_mult": trial.suggest_float("lr_mult", *LR_MULT, log=True)}
+        """The trial's knobs: its enqueued grid combination (a trial beyond the grid, as
+        ``optimize`` with a larger ``max_trials`` asks, is sampled by TPE)."""
+        chosen: dict[str, Any] = {}
         if self.search_scale:
             chosen["scale_mult"] = trial.suggest_categorical("scale_mult", SCALE_MULT)
         if not self.overhead:
@@ -139,19 +164,22 @@ class FitSearch:
 
     def optimize(self, seconds_left: Any, max_trials: int | None = None) -> None:
         """Run trials while ``seconds_left()`` is positive (a trial is started only when
-        at least a third of one fits) and the study holds fewer than ``max_trials``. An
-        interrupt or an error fails the running trial, then propagates."""
+        at least a third of one fits) and the study holds fewer than ``max_trials`` (by
+        default the grid's size). An interrupt or an error fails the running trial, then
+        propagates."""
         import warnings
 
         from tunedet.engine.finite_guard import NonFiniteLossError
 
         # ask/tell runs trials as Study.optimize does; the storage's heartbeat still works
         warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        if max_trials is None:
+            max_trials = len(self.grid)
         while True:
             left = seconds_left()
             if left <= 0 or not self._fits(left):
                 return
-            if max_trials is not None and len(self.study.get_trials(deepcopy=False)) >= max_trials:
+            if self._started() >= max_trials:
                 return
             with _study_lock(self.out):
                 trial = self.study.ask()
@@ -177,6 +205,12 @@ class FitSearch:
                 self._fail(trial)
                 raise
             self.study.tell(trial, value)
+
+    def _started(self) -> int:
+        """Trials taken so far (the enqueued grid's waiting ones are not)."""
+        from optuna.trial import TrialState
+
+        return sum(t.state != TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
 
     def _fail(self, trial: Any) -> None:
         from optuna.trial import TrialState
@@ -222,11 +256,14 @@ class FitSearch:
         return not durations or left >= sum(durations) / len(durations) / 3
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per trial: number, state, value (last reported for pruned ones), params."""
+        """One row per trial taken: number, state, value (last reported for pruned ones),
+        params (a grid combination still waiting when the time ran out has none)."""
         from optuna.trial import TrialState
 
         rows = []
         for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.WAITING:
+                continue
             if t.state == TrialState.COMPLETE:
                 value, state = t.value, "complete"
             elif t.state == TrialState.PRUNED and t.intermediate_values:
