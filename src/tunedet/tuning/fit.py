@@ -18,9 +18,9 @@ leave one → the final training. In order, all inside the wall-time budget:
    (Jamieson & Talwalkar 2016; reduction factor 3, first rung ``T/3``) stopping the
    weaker ones; ``T`` is sized so that the grid fills the search's share of the budget.
    No knob open (overhead imagery trained as crops): one trial, the rules' recipe, whose
-   weights give the validation figures. The study is stored in ``OUT/study.db`` (or ``--storage``, e.g.
-   PostgreSQL): a re-run continues it, and its trials count against the budget again
-   only when run. On a CPU the trials run side by side in P processes of T threads
+   weights give the validation figures. The study is stored in ``OUT/study.db`` (or
+   ``--storage``, e.g. PostgreSQL): a re-run continues it, and its trials count against
+   the budget again only when run. On a CPU the trials run side by side in P processes of T threads
    (``tuning/trial_workers.py``; at most ``MAX_TRIAL_WORKERS`` processes and no more
    than the grid's trials; one at a time when ``threads`` alone is given, or the search
    is short), sized from a second speed probe at T threads;

@@ -7,9 +7,9 @@ with crops a step costs the same at any scale, and short trials then only measur
 scale learns fastest, which favours small inputs that a full-length run outgrows) and,
 for imagery that is not overhead, ``hflip`` (a mirror image may not be a valid sample:
 text, digits); with neither open, the study is one trial of the rules' recipe. The LR
-is the LR finder's and is not searched: short trials favour a low
-LR that full-length runs outgrow (the same short-horizon bias; Wu et al. 2018, "Understanding
-Short-Horizon Bias in Stochastic Meta-Optimization").
+is the LR finder's and is not searched: short trials favour a low LR that full-length
+runs outgrow (the same short-horizon bias; Wu et al. 2018, "Understanding Short-Horizon
+Bias in Stochastic Meta-Optimization").
 
 The knobs are discrete, so the study is a grid: each combination is one trial, the
 rules' recipe (every multiplier 1, flips on) first, the others in a seeded order, all
@@ -257,7 +257,7 @@ class FitSearch:
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per trial taken: number, state, value (last reported for pruned ones),
-        params (a grid combination still waiting when the time ran out has none)."""
+        params (grid combinations still waiting when the time ran out are left out)."""
         from optuna.trial import TrialState
 
         rows = []
