@@ -206,8 +206,9 @@ def test_with_no_knob_open_the_study_is_one_trial_of_the_rules_recipe(tmp_path):
     search.study.tell(trial, 0.4)
     search.optimize(lambda: 60.0)  # the grid is done: no trial more
     assert len(search.rows()) == 1 and search.best() == ({}, 0.4, 0)
-    final = fit_module.final_data_rule(True, 0)
-    assert final.knobs["final_train"] == "every image"
+    final = fit_module.final_data_rule(True, 0, chose=False)
+    assert final.knobs["final_train"] == "every image" and "had no knob to choose" in final.reason
+    assert "served to choose" in fit_module.final_data_rule(True, 0).reason
 
 
 def test_trials_are_sized_so_the_grid_fills_the_search_time():

@@ -285,7 +285,7 @@ def fit(
     # The held-out images that fit chose itself have done their work once the knobs are
     # chosen: the final model trains on every image, and the validation figures come from
     # the best search trial's weights, which never saw them.
-    final_data = final_data_rule(every_image is not None, best_trial)
+    final_data = final_data_rule(every_image is not None, best_trial, bool(best))
     rules.append(final_data)
     on_every_image = final_data.knobs["final_train"] == "every image"
     final_train = every_image if on_every_image else train_spec
@@ -550,7 +550,13 @@ def run_search(
             "any scale, and short trials favour small inputs)"
         )
     if chosen == {}:
-        kept += "; no knob left open: the one trial is the rules' recipe"
+        why = (
+            f"no knob left open (the LR is the finder's; the scale is the rule's, as crops "
+            f"cost the same at any scale; overhead imagery keeps every flip): one trial of "
+            f"the rules' recipe, {trial_iters} iterations in {spent:.0f} s on the training "
+            f"part, gives the validation figures ({METRIC} {value:.3f})"
+        )
+        return SearchOutcome(rows, importances, basis, chosen, number, Rule("search", {}, why))
     why = (
         f"{len(rows)} of {len(grid)} grid trial(s) of {trial_iters} iterations in "
         f"{spent:.0f} s (planned {search_seconds:.0f} s{side}) "
@@ -654,15 +660,16 @@ def check_tta(
     return tta_rule(METRIC, plain, with_tta, flips)
 
 
-def final_data_rule(held_out_here: bool, best_trial: int | None) -> Rule:
+def final_data_rule(held_out_here: bool, best_trial: int | None, chose: bool = True) -> Rule:
     """Which images the final model trains on, and why: every image when fit held the
-    validation split out itself and a search trial completed, else the training part."""
+    validation split out itself and a search trial completed, else the training part.
+    ``chose``: the search had knobs to choose (not a lone trial of the rules' recipe)."""
     on_every_image = held_out_here and best_trial is not None
     if on_every_image:
+        served = "served to choose the knobs (search)" if chose else "had no knob to choose"
         why = (
-            "every image, the held-out ones included: they served to choose the knobs "
-            f"(search), and the validation figures are search trial {best_trial}'s, whose "
-            "weights never saw them"
+            f"every image, the held-out ones included: they {served}, and the validation "
+            f"figures are search trial {best_trial}'s, whose weights never saw them"
         )
     elif held_out_here:
         why = (
