@@ -476,7 +476,7 @@ def run_search(
     device_kind: str = "cpu",
 ) -> SearchOutcome:
     """The multi-fidelity study (module docstring, step 4)."""
-    from tunedet.tuning.fit_search import FitSearch, search_grid
+    from tunedet.tuning.fit_search import KEEP_RULES_MARGIN, FitSearch, search_grid
     from tunedet.tuning.trial_workers import choose_layout
 
     search_scale = knobs.get("crop") is None
@@ -543,7 +543,10 @@ def run_search(
     side = (
         f", {layout.workers} at a time × {layout.threads} thread(s)" if layout.workers > 1 else ""
     )
-    kept = "; the LR finder's LR kept (short trials favour a low LR)"
+    kept = (
+        f"; the rules' recipe is kept unless another trial beats it by more than "
+        f"{KEEP_RULES_MARGIN:g} {METRIC}; the LR finder's LR kept (short trials favour a low LR)"
+    )
     if not search.search_scale:
         kept += (
             "; the scale rule's factor kept (trained as crops: a step costs the same at "
