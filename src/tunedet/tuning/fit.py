@@ -20,10 +20,10 @@ leave one → the final training. In order, all inside the wall-time budget:
    No knob open (overhead imagery trained as crops): one trial, the rules' recipe, whose
    weights give the validation figures. The study is stored in ``OUT/study.db`` (or
    ``--storage``, e.g. PostgreSQL): a re-run continues it, and its trials count against
-   the budget again only when run. On a CPU the trials run side by side in P processes of T threads
-   (``tuning/trial_workers.py``; at most ``MAX_TRIAL_WORKERS`` processes and no more
-   than the grid's trials; one at a time when ``threads`` alone is given, or the search
-   is short), sized from a second speed probe at T threads;
+   the budget again only when run. On a CPU the trials run side by side in P processes
+   of T threads (``tuning/trial_workers.py``; at most ``MAX_TRIAL_WORKERS`` processes and
+   no more than the grid's trials; one at a time when ``threads`` alone is given, or the
+   search is short), sized from a second speed probe at T threads;
 5. the final training of the best trial's recipe with all the budget left
    (``train.max_minutes``, whose schedule is sized to the time: engine/time_budget.py),
    on every image when fit held the validation split out itself and a trial completed
@@ -543,6 +543,14 @@ def run_search(
     side = (
         f", {layout.workers} at a time × {layout.threads} thread(s)" if layout.workers > 1 else ""
     )
+    if chosen == {}:  # the lone trial of a grid with no knob open
+        why = (
+            f"no knob left open (the LR is the finder's; the scale is the rule's, as crops "
+            f"cost the same at any scale; overhead imagery keeps every flip): one trial of "
+            f"the rules' recipe, {trial_iters} iterations in {spent:.0f} s on the training "
+            f"part, gives the validation figures ({METRIC} {value:.3f})"
+        )
+        return SearchOutcome(rows, importances, basis, chosen, number, Rule("search", {}, why))
     kept = (
         f"; the rules' recipe is kept unless another trial beats it by more than "
         f"{KEEP_RULES_MARGIN:g} {METRIC}; the LR finder's LR kept (short trials favour a low LR)"
@@ -552,14 +560,6 @@ def run_search(
             "; the scale rule's factor kept (trained as crops: a step costs the same at "
             "any scale, and short trials favour small inputs)"
         )
-    if chosen == {}:
-        why = (
-            f"no knob left open (the LR is the finder's; the scale is the rule's, as crops "
-            f"cost the same at any scale; overhead imagery keeps every flip): one trial of "
-            f"the rules' recipe, {trial_iters} iterations in {spent:.0f} s on the training "
-            f"part, gives the validation figures ({METRIC} {value:.3f})"
-        )
-        return SearchOutcome(rows, importances, basis, chosen, number, Rule("search", {}, why))
     why = (
         f"{len(rows)} of {len(grid)} grid trial(s) of {trial_iters} iterations in "
         f"{spent:.0f} s (planned {search_seconds:.0f} s{side}) "

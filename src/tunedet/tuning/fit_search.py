@@ -59,11 +59,10 @@ def search_grid(overhead: bool, search_scale: bool, seed: int = 0) -> list[dict[
     if not overhead:
         space["hflip"] = [True, False]
     first = {k: v for k, v in {"scale_mult": 1.0, "hflip": True}.items() if k in space}
-    rest = [
-        dict(zip(space, values, strict=True))
-        for values in itertools.product(*space.values())
-        if dict(zip(space, values, strict=True)) != first
+    combinations = [
+        dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())
     ]
+    rest = [c for c in combinations if c != first]
     random.Random(seed).shuffle(rest)
     return [first, *rest]
 
